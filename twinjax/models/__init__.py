@@ -1,0 +1,10 @@
+"""Mechanistic models: compartmental and whole-body PBPK (see `twinjax.models.pbpk`)."""
+
+from ._expr import Monomial as Monomial
+from ._expr import monomial as monomial
+from ._simulate import Trajectory as Trajectory
+from ._simulate import simulate as simulate
+from .compartmental import Binding as Binding
+from .compartmental import CompartmentalModel as CompartmentalModel
+from .compartmental import SaturableTransfer as SaturableTransfer
+from .compartmental import Transfer as Transfer
