@@ -15,11 +15,23 @@ import jax as _jax
 if _os.environ.get("TWINJAX_X64", "1") != "0":
     _jax.config.update("jax_enable_x64", True)
 
+from . import models as models
+from . import units as units
 from ._errors import InputError as InputError
 from ._errors import SolverError as SolverError
+from .models import CompartmentalModel as CompartmentalModel
+from .models import Trajectory as Trajectory
+from .models import simulate as simulate
+from .models.library import Template as Template
+from .models.library import list_templates as list_templates
+from .models.library import load_template as load_template
+from .models.pbpk import Organ as Organ
+from .models.pbpk import whole_body as whole_body
 from .nuclides import DecayChain as DecayChain
 from .nuclides import Nuclide as Nuclide
 from .nuclides import known_nuclides as known_nuclides
 from .nuclides import nuclide as nuclide
+from .schedule import Administration as Administration
+from .schedule import Schedule as Schedule
 
 __version__ = "0.1.0"

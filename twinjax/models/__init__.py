@@ -1,7 +1,7 @@
 """Mechanistic models: compartmental and whole-body PBPK (see `twinjax.models.pbpk`)."""
 
-from ._expr import Monomial as Monomial
-from ._expr import monomial as monomial
+from ._expr import Expr as Expr
+from ._expr import expr as expr
 from ._simulate import Trajectory as Trajectory
 from ._simulate import simulate as simulate
 from .compartmental import Binding as Binding

@@ -303,12 +303,18 @@ def _simulate_ode(
     n = model.n_compartments
     e = jnp.asarray(model.dose_vector())
 
+    rates = model.prepare(params)  # evaluated once per solve, not once per step
+
     def rhs(t, y, args):
         u_hot, u_cold = args
         hot, cold = y[:n], y[n : 2 * n]
-        a = model.transfer_matrix(params, hot + cold)
+        tot = hot + cold
         return jnp.concatenate(
-            [a @ hot - lam * hot + u_hot * e, a @ cold + lam * hot + u_cold * e, hot]
+            [
+                rates.apply(hot, tot) - lam * hot + u_hot * e,
+                rates.apply(cold, tot) + lam * hot + u_cold * e,
+                hot,
+            ]
         )
 
     term = dfx.ODETerm(rhs)
@@ -350,6 +356,6 @@ def _simulate_ode(
         ok = ok & (sol.result == dfx.RESULTS.successful)
     hot, cold, cum = out[:, :n], out[:, n : 2 * n], out[:, 2 * n :]
     # Tail beyond the horizon, with occupancy frozen at its final value (then exact for hot).
-    a_end = model.transfer_matrix(params, y[:n] + y[n : 2 * n])
+    a_end = rates.matrix(y[:n] + y[n : 2 * n])
     tail = -jnp.linalg.solve(a_end - lam * jnp.eye(n), y[:n])
     return hot, cold, cum, y[2 * n :] + tail, ok

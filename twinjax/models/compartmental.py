@@ -19,8 +19,8 @@ Given the total ligand in each compartment, the hot and the cold species each ob
 system ``dx_s/dt = A(x_total) x_s``; [`CompartmentalModel.transfer_matrix`][] builds ``A``. A model
 with only transfers has a constant ``A`` and is solved exactly by the matrix exponential.
 
-Rates, capacities and volumes are [`Monomial`][]s of named positive parameters, so the model is pure
-structure (static) and the numbers travel separately as a ``dict[str, Array]`` of parameters.
+Rates, capacities and volumes are [`Expr`][]essions of named parameters (``"Q / V"``), so the
+model is pure structure (static) and the numbers travel separately as a ``dict[str, Array]``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from collections.abc import Mapping, Sequence
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from .._errors import InputError
-from ._expr import Monomial, monomial
+from ._expr import Expr, expr
 
 __all__ = ["Binding", "CompartmentalModel", "SaturableTransfer", "Transfer"]
 
@@ -45,10 +46,10 @@ class Transfer:
 
     source: str
     target: str
-    rate: Monomial
+    rate: Expr
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rate", monomial(self.rate))
+        object.__setattr__(self, "rate", expr(self.rate))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +58,13 @@ class SaturableTransfer:
 
     source: str
     target: str
-    vmax: Monomial
-    km: Monomial
-    volume: Monomial
+    vmax: Expr
+    km: Expr
+    volume: Expr
 
     def __post_init__(self) -> None:
         for f in ("vmax", "km", "volume"):
-            object.__setattr__(self, f, monomial(getattr(self, f)))
+            object.__setattr__(self, f, expr(getattr(self, f)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +76,13 @@ class Binding:
 
     free: str
     bound: str
-    k_on: Monomial
-    capacity: Monomial
-    volume: Monomial
+    k_on: Expr
+    capacity: Expr
+    volume: Expr
 
     def __post_init__(self) -> None:
         for f in ("k_on", "capacity", "volume"):
-            object.__setattr__(self, f, monomial(getattr(self, f)))
+            object.__setattr__(self, f, expr(getattr(self, f)))
 
 
 class CompartmentalModel(eqx.Module):
@@ -102,8 +103,8 @@ class CompartmentalModel(eqx.Module):
     saturable: tuple[SaturableTransfer, ...] = eqx.field(static=True, default=(), converter=tuple)
     bindings: tuple[Binding, ...] = eqx.field(static=True, default=(), converter=tuple)
     excreta: tuple[str, ...] = eqx.field(static=True, default=(), converter=tuple)
-    volumes: tuple[tuple[str, Monomial], ...] = eqx.field(
-        static=True, default=(), converter=lambda v: _pairs(v, monomial)
+    volumes: tuple[tuple[str, Expr], ...] = eqx.field(
+        static=True, default=(), converter=lambda v: _pairs(v, expr)
     )
     groups: tuple[tuple[str, tuple[str, ...]], ...] = eqx.field(
         static=True, default=(), converter=lambda g: _pairs(g, tuple)
@@ -194,14 +195,8 @@ class CompartmentalModel(eqx.Module):
     def parameter_names(self) -> tuple[str, ...]:
         """Every parameter name the model's expressions use, sorted."""
         names: set[str] = set()
-        for t in self.transfers:
-            names.update(t.rate.names)
-        for s in self.saturable:
-            names.update(s.vmax.names + s.km.names + s.volume.names)
-        for b in self.bindings:
-            names.update(b.k_on.names + b.capacity.names + b.volume.names)
-        for _, v in self.volumes:
-            names.update(v.names)
+        for _, e in self._expressions():
+            names.update(e.names)
         return tuple(sorted(names))
 
     # ------------------------------------------------------------------ numbers
@@ -224,11 +219,35 @@ class CompartmentalModel(eqx.Module):
                 arr = np.asarray(value, dtype=float)
             except Exception:  # a tracer: not checkable here
                 continue
-            if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+            if not np.all(np.isfinite(arr)) or not np.all(arr >= 0):
                 raise InputError(
                     f"parameter {name} = {value!r} of model {self.name!r} is invalid; "
-                    "allowed: finite values > 0"
+                    "allowed: finite values >= 0"
                 )
+        # Every derived rate, capacity and volume must be positive too (e.g. '1 - f' with f > 1).
+        try:
+            concrete = {k: np.asarray(params[k], dtype=float) for k in self.parameter_names}
+        except Exception:
+            return
+        for what, e in self._expressions():
+            v = np.asarray(e(concrete))
+            if not np.all(np.isfinite(v)) or not np.all(v > 0):
+                raise InputError(
+                    f"{what} = {e} evaluates to {v} with the given parameters of model "
+                    f"{self.name!r}; allowed: finite values > 0"
+                )
+
+    def _expressions(self):
+        for i, t in enumerate(self.transfers):
+            yield f"transfers[{i}] ({t.source} -> {t.target}).rate", t.rate
+        for i, t in enumerate(self.saturable):
+            for f in ("vmax", "km", "volume"):
+                yield f"saturable[{i}] ({t.source} -> {t.target}).{f}", getattr(t, f)
+        for i, b in enumerate(self.bindings):
+            for f in ("k_on", "capacity", "volume"):
+                yield f"bindings[{i}] ({b.free} -> {b.bound}).{f}", getattr(b, f)
+        for c, v in self.volumes:
+            yield f"volumes[{c!r}]", v
 
     def compartment_volumes(self, params: Mapping[str, object]):
         """Volumes (L) of the compartments that have one; NaN for the others."""
@@ -237,44 +256,108 @@ class CompartmentalModel(eqx.Module):
             v[self.index(c)] = expr(params)
         return jnp.stack([jnp.asarray(x, dtype=float) for x in v])
 
+    def prepare(self, params: Mapping[str, object]) -> PreparedRates:
+        """Evaluate every rate expression once: the constant first-order matrix and the
+        coefficients of the saturable and binding processes (see [`PreparedRates`][])."""
+        n = self.n_compartments
+        a0 = jnp.zeros((n, n))
+        if self.transfers:
+            src = np.array([self.index(t.source) for t in self.transfers])
+            dst = np.array([self.index(t.target) for t in self.transfers])
+            rate = jnp.stack([t.rate(params) for t in self.transfers])
+            a0 = a0.at[dst, src].add(rate).at[src, src].add(-rate)
+
+        def idx(items, a, b):
+            return (
+                np.array([self.index(getattr(x, a)) for x in items], dtype=int),
+                np.array([self.index(getattr(x, b)) for x in items], dtype=int),
+            )
+
+        def stack(values):
+            return jnp.stack(values) if values else jnp.zeros((0,))
+
+        sat_src, sat_dst = idx(self.saturable, "source", "target")
+        bind_src, bind_dst = idx(self.bindings, "free", "bound")
+        return PreparedRates(
+            a0=a0,
+            sat_vmax=stack([x.vmax(params) for x in self.saturable]),
+            sat_km_amount=stack([x.km(params) * x.volume(params) for x in self.saturable]),
+            bind_kon_per_volume=stack([b.k_on(params) / b.volume(params) for b in self.bindings]),
+            bind_capacity=stack([b.capacity(params) for b in self.bindings]),
+            sat_src=tuple(sat_src.tolist()),
+            sat_dst=tuple(sat_dst.tolist()),
+            bind_src=tuple(bind_src.tolist()),
+            bind_dst=tuple(bind_dst.tolist()),
+        )
+
     def transfer_matrix(self, params: Mapping[str, object], totals=None):
         """Matrix A (1/h) with dx_s/dt = A x_s for each ligand species (decay excluded).
 
         `totals` (nmol, shape ``(n,)``) is the total ligand per compartment; it sets how saturated
         carriers and receptors are, and is only needed when the model is not linear.
         """
-        n = self.n_compartments
-        src, dst, rate = [], [], []
-        for t in self.transfers:
-            src.append(self.index(t.source))
-            dst.append(self.index(t.target))
-            rate.append(jnp.asarray(t.rate(params), dtype=float))
-        for s in self.saturable:
-            i = self.index(s.source)
-            vol = s.volume(params)
-            # per-species first-order coefficient: Vmax / (V * (Km + x_total / V))
-            rate.append(s.vmax(params) / (vol * s.km(params) + jnp.maximum(totals[i], 0.0)))
-            src.append(i)
-            dst.append(self.index(s.target))
-        for b in self.bindings:
-            i, j = self.index(b.free), self.index(b.bound)
-            free_sites = jnp.maximum(b.capacity(params) - totals[j], 0.0)
-            rate.append(b.k_on(params) * free_sites / b.volume(params))
-            src.append(i)
-            dst.append(j)
-        if not rate:
-            return jnp.zeros((n, n))
-        rate = jnp.stack(jnp.broadcast_arrays(*rate))
-        src, dst = np.asarray(src), np.asarray(dst)
-        a = jnp.zeros((n, n), dtype=rate.dtype)
-        a = a.at[dst, src].add(rate)
-        a = a.at[src, src].add(-rate)
-        return a
+        return self.prepare(params).matrix(totals)
 
     def dose_vector(self) -> np.ndarray:
         e = np.zeros(self.n_compartments)
         e[self.index(self.dose_compartment)] = 1.0
         return e
+
+
+class PreparedRates(eqx.Module):
+    """Rates of a model evaluated for one parameter set, ready for the ODE right-hand side.
+
+    ``dx_s/dt = a0 @ x_s + (saturable and binding fluxes of species s)``: the first-order part is
+    one dense matrix product; the nonlinear part is a gather/scatter over a few processes. This
+    keeps each right-hand-side evaluation to a handful of array operations however many
+    transfers the model has.
+    """
+
+    a0: Array
+    sat_vmax: Array
+    sat_km_amount: Array
+    bind_kon_per_volume: Array
+    bind_capacity: Array
+    sat_src: tuple[int, ...] = eqx.field(static=True)
+    sat_dst: tuple[int, ...] = eqx.field(static=True)
+    bind_src: tuple[int, ...] = eqx.field(static=True)
+    bind_dst: tuple[int, ...] = eqx.field(static=True)
+
+    def _coefficients(self, totals):
+        """First-order coefficients (1/h) of the nonlinear processes at total amounts `totals`."""
+        coef, src, dst = [], [], []
+        if self.sat_src:
+            i = np.asarray(self.sat_src)
+            coef.append(self.sat_vmax / (self.sat_km_amount + jnp.maximum(totals[i], 0.0)))
+            src.append(i)
+            dst.append(np.asarray(self.sat_dst))
+        if self.bind_src:
+            j = np.asarray(self.bind_dst)
+            free_sites = jnp.maximum(self.bind_capacity - totals[j], 0.0)
+            coef.append(self.bind_kon_per_volume * free_sites)
+            src.append(np.asarray(self.bind_src))
+            dst.append(j)
+        if not coef:
+            return None
+        return jnp.concatenate(coef), np.concatenate(src), np.concatenate(dst)
+
+    def apply(self, x, totals):
+        """dx/dt for one species with amounts `x` (nmol), given total ligand `totals` (nmol)."""
+        dx = self.a0 @ x
+        c = self._coefficients(totals)
+        if c is not None:
+            coef, src, dst = c
+            flux = coef * x[src]
+            dx = dx.at[dst].add(flux).at[src].add(-flux)
+        return dx
+
+    def matrix(self, totals=None):
+        """The full first-order matrix at total amounts `totals` (frozen saturation)."""
+        c = None if totals is None else self._coefficients(totals)
+        if c is None:
+            return self.a0
+        coef, src, dst = c
+        return self.a0.at[dst, src].add(coef).at[src, src].add(-coef)
 
 
 def _pairs(value, convert) -> tuple:

@@ -1,0 +1,133 @@
+"""The `twinjax` command line.
+
+```
+twinjax simulate                      # the embedded default study -> twinjax-out/
+twinjax simulate my_study.yaml --out results/
+twinjax templates                     # the published model library
+twinjax nuclide Ac-225                # half-life, energies, decay chain
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="twinjax",
+    help=(
+        "twinjax: differentiable, probabilistic digital twins for nuclear oncology.\n\n"
+        "A twin is a mechanistic model of one patient (whole-body PBPK of a radiopharmaceutical). "
+        "Start with `twinjax simulate`, which runs the embedded default study: one 7.4 GBq "
+        "[177Lu]Lu-PSMA-617 administration, written as time-activity curves (CSV + PNG)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def simulate(
+    study: Annotated[
+        Path | None,
+        typer.Argument(help="Study YAML (template, schedule, times). Default: the embedded study."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("twinjax-out"),
+) -> None:
+    """Simulate a study and write time-activity curves (tacs.csv, tacs.png), TIAs and a summary."""
+    from ._errors import InputError, SolverError
+    from .study import load_study, run_simulation, write_simulation
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".twinjax-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        _fail(InputError(f"output folder {str(out)!r} is not writable ({err.strerror})"))
+    try:
+        spec, tpl, schedule, _ = load_study(study)  # validate everything before solving
+        console.print(
+            f"study [bold]{spec.name}[/]: template [bold]{tpl.name}[/] ({tpl.nuclide}), "
+            f"{schedule.n_administrations} administration(s)"
+        )
+        with console.status("compiling and solving the model ..."):
+            result = run_simulation(study)
+        written = write_simulation(result, out)
+    except (InputError, SolverError) as err:
+        _fail(err)
+    table = Table(title="time-integrated activity (to infinity)")
+    table.add_column("region")
+    table.add_column("TIA (MBq h)", justify="right")
+    table.add_column("per administered activity (h)", justify="right")
+    total = float(result.schedule.activity_MBq.sum())
+    for roi in result.rois:
+        v = result.roi_tia(roi)
+        table.add_row(roi, f"{v:,.0f}", f"{v / total:.3f}")
+    Console().print(table)
+    for p in written:
+        console.print(f"wrote {p}")
+
+
+@app.command()
+def templates() -> None:
+    """List the published models shipped with twinjax."""
+    from .models.library import list_templates, load_template
+
+    table = Table(title="twinjax model library (configs/templates)")
+    for col in ("name", "kind", "nuclide", "title"):
+        table.add_column(col)
+    for name in list_templates():
+        t = load_template(name)
+        table.add_row(name, t.spec.kind, t.nuclide, t.spec.title)
+    Console().print(table)
+
+
+@app.command()
+def nuclide(
+    name: Annotated[str, typer.Argument(help="e.g. Lu-177, 177Lu, Ac-225, Tc-99m")],
+) -> None:
+    """Show a radionuclide's half-life, energies per decay and decay chain (ICRP-107)."""
+    from . import nuclide as lookup
+    from ._errors import InputError
+
+    try:
+        n = lookup(name)
+    except InputError as err:
+        _fail(err)
+    chain = n.chain
+    table = Table(title=f"{n.name}: T1/2 = {n.half_life_h:.6g} h")
+    for col in ("member", "T1/2 (h)", "decays per parent decay", "non-penetrating (MeV)",
+                "penetrating (MeV)", "alpha (MeV)"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for m, y in zip(chain.members, chain.decays_per_parent_decay, strict=True):
+        table.add_row(
+            m.name, f"{m.half_life_h:.4g}", f"{y:.4f}", f"{m.nonpenetrating_energy_MeV:.4f}",
+            f"{m.penetrating_energy_MeV:.4f}", f"{m.alpha_energy_MeV:.4f}",
+        )  # fmt: skip
+    Console().print(table)
+    if len(chain.members) > 1:
+        Console().print(
+            f"chain in secular equilibrium: {chain.energy_per_parent_decay_MeV():.3f} MeV "
+            f"non-penetrating, {chain.energy_per_parent_decay_MeV('alpha'):.3f} MeV alpha "
+            "per parent decay"
+        )
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
