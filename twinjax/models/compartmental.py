@@ -252,8 +252,8 @@ class CompartmentalModel(eqx.Module):
     def compartment_volumes(self, params: Mapping[str, object]):
         """Volumes (L) of the compartments that have one; NaN for the others."""
         v = [jnp.nan] * self.n_compartments
-        for c, expr in self.volumes:
-            v[self.index(c)] = expr(params)
+        for c, formula in self.volumes:
+            v[self.index(c)] = formula(params)
         return jnp.stack([jnp.asarray(x, dtype=float) for x in v])
 
     def prepare(self, params: Mapping[str, object]) -> PreparedRates:
