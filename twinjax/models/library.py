@@ -115,6 +115,34 @@ class Template:
             out[k] = base[k] * jnp.exp(sigma * jax.random.normal(sub, (n,)))
         return self.derive(out)
 
+    def input_function(self):
+        """The arterial input function of a PET kinetics template (a `FengInput`)."""
+        from .pet import FengInput
+
+        f = self.spec.input_function
+        if f is None:
+            raise InputError(f"template {self.name!r} has no input_function")
+        v = {
+            k: to_canonical(p.value, p.unit, f"{self.name}.input_function.{k}")
+            for k, p in f.items()
+        }
+        return FengInput(
+            v["A1"], v["A2"], v["A3"], v["lambda1"], v["lambda2"], v["lambda3"], v.get("tau", 0.0)
+        )
+
+    def pet_tissue_curve(self, times_h, params: Mapping[str, jax.Array] | None = None):
+        """PET tissue concentration of a ``pet_1tcm``/``pet_2tcm`` template at `times_h` (h)."""
+        from .pet import one_tissue, two_tissue
+
+        p = dict(self.params if params is None else params)
+        aif = self.input_function()
+        vb = p.get("vb", 0.0)
+        if self.spec.kind == "pet_1tcm":
+            return one_tissue(times_h, p["K1"], p["k2"], aif, vb=vb)
+        if self.spec.kind == "pet_2tcm":
+            return two_tissue(times_h, p["K1"], p["k2"], p["k3"], p["k4"], aif, vb=vb)
+        raise InputError(f"template {self.name!r} is of kind {self.spec.kind!r}, not a PET model")
+
     def roi(self, name: str) -> tuple[str, ...]:
         """Model groups whose activities sum to imaging region `name` (e.g. ``tumour``)."""
         if name in self.spec.rois:
