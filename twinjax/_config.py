@@ -227,8 +227,8 @@ def _allowed_fields(schema: type[BaseModel], loc: tuple) -> str:
         if isinstance(part, int) or model is None:
             continue
         field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return ""
+        if field is None:  # a key of a dict of models, e.g. parameters.<name>
+            continue
         model = _inner_model(field.annotation)
     if model is None or not hasattr(model, "model_fields"):
         return ""
