@@ -23,7 +23,7 @@ UNIT_FACTORS: dict[str, float] = {
     "1/h": 1.0, "1/min": 60.0, "1/s": 3600.0, "1/d": 1.0 / 24.0,
     "h": 1.0, "min": 1.0 / 60.0, "s": 1.0 / 3600.0, "d": 24.0,
     "L": 1.0, "mL": 1e-3,
-    "kg": 1.0, "g": 1e-3,
+    "kg": 1.0, "g": 1e-3, "m2": 1.0,
     "L/h": 1.0, "L/min": 60.0, "mL/min": 0.06, "mL/h": 1e-3,
     "nmol": 1.0, "pmol": 1e-3,
     "nmol/L": 1.0, "nM": 1.0, "pmol/L": 1e-3, "pM": 1e-3, "nmol/mL": 1e3,
@@ -53,7 +53,18 @@ class ParameterSpec(_Strict):
     value: float
     unit: str
     cv: float | None = Field(default=None, description="lognormal between-patient CV (-)")
+    stat: Literal["median", "mean"] = Field(
+        default="median", description="whether `value` is the population median or mean"
+    )
     source: str
+
+    def median(self, field: str) -> float:
+        """The population median in canonical units (a lognormal mean m has median
+        m / sqrt(1 + cv^2))."""
+        v = to_canonical(self.value, self.unit, field)
+        if self.stat == "mean" and self.cv is not None:
+            v = v / math.sqrt(1.0 + self.cv**2)
+        return v
 
     @field_validator("value")
     @classmethod
@@ -81,6 +92,7 @@ class OrganSpec(_Strict):
     name: str
     receptor: bool = False
     vascular: bool = True
+    permeable: bool = True
     drains_to: str | None = None
     filtration: bool = False
     biliary: bool = False
@@ -111,6 +123,7 @@ class BindingSpec(_Strict):
 class PBPKStructure(_Strict):
     kind: Literal["pbpk"]
     circulation: Literal["arteriovenous", "single"] = "arteriovenous"
+    release: Literal["interstitial", "sink"] = "interstitial"
     organs: list[OrganSpec]
 
 

@@ -49,7 +49,7 @@ SMALL_PBPK = whole_body(
     name="small",
 )
 P_PBPK = {
-    "V_plasma": 3.0, "GFR": 6.0, "f_reabs": 0.05, "k_on": 2.4, "K_D": 0.5, "lambda_int": 0.1,
+    "V_plasma": 3.0, "GFR": 6.0, "f_filt": 0.66, "f_exc": 0.96, "ft_kidneys": 0.5, "k_on": 2.4, "K_D": 0.5, "lambda_int": 0.1,
     "Q_kidneys": 36.0, "V_kidneys": 0.3, "fv_kidneys": 0.1, "fi_kidneys": 0.2, "PS_kidneys": 4.0,
     "R_kidneys": 10.0, "lambda_rel_kidneys": 0.02,
     "Q_tumour": 2.0, "V_tumour": 0.1, "fv_tumour": 0.05, "fi_tumour": 0.3, "PS_tumour": 1.0,
@@ -258,8 +258,8 @@ def test_bad_parameters_are_refused():
         simulate(TWO_CMT, {k: v for k, v in P2.items() if k != "k21"}, SINGLE, TIMES)
     with pytest.raises(InputError, match="V1 = -3.0"):
         simulate(TWO_CMT, {**P2, "V1": -3.0}, SINGLE, TIMES)
-    with pytest.raises(InputError, match="f_reabs"):
-        simulate(SMALL_PBPK, {**P_PBPK, "f_reabs": 1.5}, SINGLE, TIMES)
+    with pytest.raises(InputError, match="f_exc"):
+        simulate(SMALL_PBPK, {**P_PBPK, "f_exc": 1.5}, SINGLE, TIMES)
 
 
 @pytest.mark.parametrize(

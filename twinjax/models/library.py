@@ -36,7 +36,8 @@ __all__ = ["Template", "list_templates", "load_template"]
 
 @dataclasses.dataclass(frozen=True)
 class Template:
-    """A loaded template. `params` and `cv` are in canonical units (see `twinjax.units`)."""
+    """A loaded template. `params` are typical values (population medians) in canonical units
+    (see `twinjax.units`); `cv` the lognormal between-patient CVs."""
 
     spec: TemplateSpec
     path: Path | None
@@ -60,7 +61,9 @@ class Template:
             )
         if s.kind == "pbpk":
             organs = [Organ(**o.model_dump()) for o in s.organs]
-            return whole_body(organs, circulation=s.circulation, name=self.name)
+            return whole_body(
+                organs, circulation=s.circulation, release=s.release, name=self.name
+            )
         return CompartmentalModel(
             compartments=tuple(s.compartments),
             dose_compartment=s.dose,
@@ -81,7 +84,7 @@ class Template:
     def params(self) -> dict[str, jax.Array]:
         """Typical (median) parameter values in canonical units, derived ones included."""
         out = {
-            k: jnp.asarray(to_canonical(p.value, p.unit, f"{self.name}.parameters.{k}"))
+            k: jnp.asarray(p.median(f"{self.name}.parameters.{k}"))
             for k, p in self.spec.parameters.items()
         }
         return self.derive(out)

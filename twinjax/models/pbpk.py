@@ -13,11 +13,14 @@ Chem 9:6). Every organ *o* has
 - if receptor-positive, a **receptor-bound** space ``o.bound`` with ``R_o * V_o`` nmol of sites
   (``R_o`` in nmol per L of organ), association ``k_on`` (L/(nmol h)), dissociation
   ``k_on * K_D`` (``K_D`` in nmol/L), and an **internalised** space ``o.internalised`` filled at
-  ``lambda_int`` (1/h) and emptied back into the interstitium at the organ's release rate
-  ``lambda_rel_o`` (1/h);
-- optionally **glomerular filtration** (kidneys): ``GFR`` (L/h) of the vascular plasma is
-  filtered; a fraction ``f_reabs`` is reabsorbed into the tubular cells (``o.internalised``) and
-  the rest goes to ``urine``;
+  ``lambda_int`` (1/h) and emptied at the organ's release rate ``lambda_rel_o`` (1/h), back into
+  the interstitium (``release="interstitial"``) or out of the body into ``released``
+  (``release="sink"``, the released radiometabolites being excreted);
+- optionally **glomerular filtration** (kidneys), as in Fele-Paranj et al. 2024: ligand is
+  filtered from the vascular plasma into the interstitial (filtrate) space with clearance
+  ``f_filt * GFR`` (L/h; ``f_filt`` is the sieving/unbound fraction); a fraction ``f_exc`` of the
+  filtrate goes to ``urine`` and the rest is reabsorbed into a tubular pool ``o.tubular``
+  (volume ``ft_o * V_o``) that returns it to the vascular space;
 - optionally **hepatobiliary clearance** (liver): ``CL_bile`` (L/h) from the interstitium to
   ``faeces``.
 
@@ -51,6 +54,8 @@ class Organ:
     **Fields:** `name` (also the prefix of its compartments and parameters); `receptor`: has
     target receptors; `vascular`: has its own vascular space (``False`` in reduced models);
     `drains_to`: organ whose vascular space receives this organ's outflow (portal circulation);
+    `permeable`: exchanges ligand between vascular and interstitial space through ``PS_o``
+    (``False`` e.g. for the brain, or for kidneys whose interstitium is fed by filtration only);
     `filtration`: glomerular filtration with tubular reabsorption; `biliary`: hepatobiliary
     excretion. The organ named ``lungs`` sits between venous and arterial plasma in an
     arteriovenous circulation.
@@ -59,6 +64,7 @@ class Organ:
     name: str
     receptor: bool = False
     vascular: bool = True
+    permeable: bool = True
     drains_to: str | None = None
     filtration: bool = False
     biliary: bool = False
@@ -74,16 +80,20 @@ def whole_body(
     organs: Sequence[Organ],
     *,
     circulation: Literal["arteriovenous", "single"] = "arteriovenous",
+    release: Literal["interstitial", "sink"] = "interstitial",
     name: str = "pbpk",
 ) -> CompartmentalModel:
     """Build a whole-body receptor PBPK [`CompartmentalModel`][] from `organs`.
 
     Parameters (all positive): per organ ``Q_o`` (L/h), ``V_o`` (L), ``fv_o``, ``fi_o`` (-),
-    ``PS_o`` (L/h); receptor organs ``R_o`` (nmol/L), ``lambda_rel_o`` (1/h); globally ``k_on``
-    (L/(nmol h)), ``K_D`` (nmol/L), ``lambda_int`` (1/h) when any organ is receptor-positive;
-    ``GFR`` (L/h), ``f_reabs`` (-) with filtration; ``CL_bile`` (L/h) with biliary excretion;
-    ``V_art``, ``V_ven`` (L) or ``V_plasma`` (L) for the circulation.
+    ``PS_o`` (L/h) if permeable; receptor organs ``R_o`` (nmol/L), ``lambda_rel_o`` (1/h);
+    globally ``k_on`` (L/(nmol h)), ``K_D`` (nmol/L), ``lambda_int`` (1/h) when any organ is
+    receptor-positive; ``GFR`` (L/h), ``f_filt``, ``f_exc`` (-) and ``ft_o`` (-) with
+    filtration; ``CL_bile`` (L/h) with biliary excretion; ``V_art``, ``V_ven`` (L) or
+    ``V_plasma`` (L) for the circulation.
     """
+    if release not in ("interstitial", "sink"):
+        raise InputError(f"release = {release!r}; allowed: 'interstitial' or 'sink'")
     organs = tuple(organs)
     names = [o.name for o in organs]
     if len(set(names)) != len(names):
@@ -115,7 +125,6 @@ def whole_body(
     bindings: list[Binding] = []
     excreta: list[str] = []
     groups: dict[str, list[str]] = {"plasma": list(comps)}
-    v_art = volumes[art]
 
     def add(c: str, volume=None) -> str:
         comps.append(c)
@@ -129,30 +138,37 @@ def whole_body(
         n = o.name
         vol_v = expr(f"fv_{n} * V_{n}")
         vol_i = expr(f"fi_{n} * V_{n}")
-        inter = add(f"{n}.interstitial", vol_i)
-        if o.vascular:
-            vasc = add(f"{n}.vascular", vol_v)
-            transfers.append(Transfer(vasc, inter, expr(f"PS_{n}") / vol_v))
-            transfers.append(Transfer(inter, vasc, expr(f"PS_{n}") / vol_i))
-        else:
-            vasc = art  # reduced organ: interstitium exchanges with the plasma pool
-            transfers.append(Transfer(art, inter, expr(f"PS_{n}") / v_art))
-            transfers.append(Transfer(inter, ven, expr(f"PS_{n}") / vol_i))
+        vasc = add(f"{n}.vascular", vol_v) if o.vascular else art
+        has_interstitium = o.permeable or o.receptor or o.filtration or o.biliary
+        inter = add(f"{n}.interstitial", vol_i) if has_interstitium else None
+        if o.permeable:
+            # a reduced organ (no vascular space) exchanges with the plasma pool directly
+            transfers.append(Transfer(vasc, inter, expr(f"PS_{n}") / volumes[vasc]))
+            transfers.append(Transfer(inter, vasc if o.vascular else ven, expr(f"PS_{n}") / vol_i))
         if o.receptor:
             bound = add(f"{n}.bound")
             internal = add(f"{n}.internalised")
             bindings.append(Binding(inter, bound, "k_on", f"R_{n} * V_{n}", vol_i))
             transfers.append(Transfer(bound, inter, "k_on * K_D"))
             transfers.append(Transfer(bound, internal, "lambda_int"))
-            transfers.append(Transfer(internal, inter, f"lambda_rel_{n}"))
+            if release == "sink":
+                if "released" not in comps:
+                    add("released")
+                    excreta.append("released")
+                transfers.append(Transfer(internal, "released", f"lambda_rel_{n}"))
+            else:
+                transfers.append(Transfer(internal, inter, f"lambda_rel_{n}"))
         if o.filtration:
-            src_vol = vol_v if o.vascular else v_art
             if "urine" not in comps:
                 add("urine")
                 excreta.append("urine")
-            transfers.append(Transfer(vasc, "urine", expr("GFR") * (1 - expr("f_reabs")) / src_vol))
-            reabs_to = f"{n}.internalised" if o.receptor else inter
-            transfers.append(Transfer(vasc, reabs_to, expr("GFR * f_reabs") / src_vol))
+            tub = add(f"{n}.tubular", expr(f"ft_{n} * V_{n}"))
+            clearance = expr("f_filt * GFR")
+            reabsorbed = clearance * (1 - expr("f_exc"))
+            transfers.append(Transfer(vasc, inter, clearance / volumes[vasc]))
+            transfers.append(Transfer(inter, "urine", clearance * expr("f_exc") / vol_i))
+            transfers.append(Transfer(inter, tub, reabsorbed / vol_i))
+            transfers.append(Transfer(tub, vasc, reabsorbed / volumes[tub]))
         if o.biliary:
             if "faeces" not in comps:
                 add("faeces")
@@ -175,10 +191,10 @@ def whole_body(
                     transfers.append(Transfer(vasc, art, expr(_total_flow(s, organs)) / vol_v))
             continue
         if o.drains_to is None:
-            transfers.append(Transfer(art, vasc, expr(f"Q_{n}") / v_art))
+            transfers.append(Transfer(art, vasc, expr(f"Q_{n}") / volumes[art]))
             transfers.append(Transfer(vasc, ven, expr(_total_flow(o, organs)) / vol_v))
         else:
-            transfers.append(Transfer(art, vasc, expr(f"Q_{n}") / v_art))
+            transfers.append(Transfer(art, vasc, expr(f"Q_{n}") / volumes[art]))
             transfers.append(Transfer(vasc, f"{o.drains_to}.vascular", expr(f"Q_{n}") / vol_v))
 
     body = [c for c in comps if c not in excreta]
