@@ -116,7 +116,7 @@ class Template:
         for sub, (k, cv) in zip(keys, sorted(self.cv.items()), strict=False):
             sigma = math.sqrt(math.log1p(cv * cv))
             out[k] = base[k] * jnp.exp(sigma * jax.random.normal(sub, (n,)))
-        return self.derive(out)
+        return {k: jnp.broadcast_to(v, (n,)) for k, v in self.derive(out).items()}
 
     def input_function(self):
         """The arterial input function of a PET kinetics template (a `FengInput`)."""
