@@ -133,6 +133,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -204,8 +205,8 @@ def _plot(result: SimulationResult, times: np.ndarray) -> bytes:
     ax.set_ylabel("activity (MBq)")
     ax.set_title(f"{result.spec.name}: {result.template.spec.title}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    lo = max(1e-3, min(float(np.min(result.roi_activity(r)[times > 0])) for r in result.rois))
-    ax.set_ylim(bottom=lo)
+    top = max(float(np.max(result.roi_activity(r))) for r in result.rois)
+    ax.set_ylim(top / 1e5, 2.0 * top)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -130,3 +130,14 @@ def test_corrupt_yaml(tmp_path):
     p.write_text("schema: [unclosed\n")
     with pytest.raises(InputError, match="bad.yaml: not valid YAML"):
         load_template(p)
+
+
+def test_reduced_psma_template_is_generated_from_the_full_one():
+    import importlib.util
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "make_reduced_psma.py"
+    spec = importlib.util.spec_from_file_location("make_reduced", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.OUT.read_text() == mod.render()
