@@ -118,8 +118,10 @@ def main() -> None:
           f"-> {thr_jax:.1f} patients/s")  # fmt: skip
     for method, (t, err) in results.items():
         thr = args.subset / t
-        print(f"scipy {method:5s}: {args.subset} patients in {t:.2f} s -> {thr:.2f} patients/s; "
-              f"ratio twinjax/scipy = {thr_jax / thr:.1f}x; max rel. difference {err:.1e}")
+        print(
+            f"scipy {method:5s}: {args.subset} patients in {t:.2f} s -> {thr:.2f} patients/s; "
+            f"ratio twinjax/scipy = {thr_jax / thr:.1f}x; max rel. difference {err:.1e}"
+        )
 
 
 if __name__ == "__main__":

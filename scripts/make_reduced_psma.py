@@ -20,7 +20,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FULL = ROOT / "configs" / "templates" / "psma617_pbpk.yaml"
 OUT = ROOT / "configs" / "templates" / "psma617_reduced.yaml"
-LUMPED = ("lungs", "red_marrow", "prostate", "gi", "muscle", "skin", "heart", "bone", "adipose", "rest")
+LUMPED = (
+    "lungs",
+    "red_marrow",
+    "prostate",
+    "gi",
+    "muscle",
+    "skin",
+    "heart",
+    "bone",
+    "adipose",
+    "rest",
+)
 TUMOURS = ("tumour1", "tumour2", "tumour_rest")
 
 

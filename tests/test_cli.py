@@ -19,8 +19,14 @@ def small_study(tmp_path):
         "schema": "twinjax.study/1",
         "name": "small",
         "template": "psma617_poppk_siebinga2023",
-        "schedule": {"cycles": {"n_cycles": 2, "interval_h": 336.0, "activity_MBq": 6000.0,
-                                "ligand_nmol": 77.8}},  # fmt: skip
+        "schedule": {
+            "cycles": {
+                "n_cycles": 2,
+                "interval_h": 336.0,
+                "activity_MBq": 6000.0,
+                "ligand_nmol": 77.8,
+            }
+        },  # fmt: skip
         "times": {"start_h": 0.0, "stop_h": 672.0, "n": 57},
         "rois": ["kidneys", "salivary_glands", "tumour", "whole_body"],
     }

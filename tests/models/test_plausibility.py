@@ -7,9 +7,9 @@ only a few per cent to organ self-dose for Lu-177 (0.035 MeV per decay, absorbed
 a kidney).
 
 Published patient-level ranges (mean - SD of the lowest to mean + SD of the highest report):
-- kidneys: Violet et al. 2019, J Nucl Med 60:517, 0.39 +- 0.15 Gy/GBq (n = 30); Hohberg et al.
+- kidneys: Violet et al. 2019, J Nucl Med, 0.39 +- 0.15 Gy/GBq (n = 30); Hohberg et al.
   2016, Mol Imaging Biol 18:437, 0.53 Gy/GBq; Kabasakal et al. 2017, Mol Imaging Radionucl Ther
-  26:62, 0.82 +- 0.25 Gy/GBq -> 0.24 to 1.07 Gy/GBq.
+  (PMC5472088), 0.82 +- 0.25 Gy/GBq -> 0.24 to 1.07 Gy/GBq.
 - salivary glands: Violet 2019 parotid 0.58 +- 0.43 Gy/GBq; Hohberg 2016 salivary 0.72 Gy/GBq;
   Kabasakal 2017 parotid 1.90 +- 1.19 Gy/GBq -> 0.15 to 3.1 Gy/GBq.
 """

@@ -293,3 +293,22 @@ def test_model_structure_errors():
         whole_body([Organ("kidneys"), Organ("kidneys")], circulation="single")
     with pytest.raises(InputError, match="lungs"):
         whole_body([Organ("kidneys")], circulation="arteriovenous")
+
+
+def test_pbpk_organ_errors():
+    with pytest.raises(InputError, match="drains_to = 'livr'"):
+        whole_body([Organ("spleen", drains_to="livr"), Organ("liver")], circulation="single")
+    with pytest.raises(InputError, match="Q_kidneys = -36.0"):
+        simulate(SMALL_PBPK, {**P_PBPK, "Q_kidneys": -36.0}, SINGLE, TIMES)
+    with pytest.raises(InputError, match="V_tumour = 0.0"):
+        simulate(SMALL_PBPK, {**P_PBPK, "V_tumour": 0.0}, SINGLE, TIMES)
+    traj = simulate(TWO_CMT, P2, SINGLE, TIMES)
+    with pytest.raises(InputError, match="'kidney' is not in model 'two_cmt'"):
+        traj.activity("kidney")
+
+
+def test_vmap_over_administered_activity_is_linear_for_linear_models():
+    acts = jnp.array([3700.0, 7400.0, 11100.0])
+    out = jax.vmap(lambda a: simulate(TWO_CMT, P2, SINGLE.with_activity(a), TIMES).tia_MBqh)(acts)
+    np.testing.assert_allclose(out / acts[:, None], np.broadcast_to(out[1] / 7400.0, out.shape),
+                               rtol=1e-12)  # fmt: skip

@@ -219,10 +219,10 @@ class CompartmentalModel(eqx.Module):
                 arr = np.asarray(value, dtype=float)
             except Exception:  # a tracer: not checkable here
                 continue
-            if not np.all(np.isfinite(arr)) or not np.all(arr >= 0):
+            if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
                 raise InputError(
                     f"parameter {name} = {value!r} of model {self.name!r} is invalid; "
-                    "allowed: finite values >= 0"
+                    "allowed: finite values > 0 (positive physical quantities)"
                 )
         # Every derived rate, capacity and volume must be positive too (e.g. '1 - f' with f > 1).
         try:

@@ -61,9 +61,7 @@ class Template:
             )
         if s.kind == "pbpk":
             organs = [Organ(**o.model_dump()) for o in s.organs]
-            return whole_body(
-                organs, circulation=s.circulation, release=s.release, name=self.name
-            )
+            return whole_body(organs, circulation=s.circulation, release=s.release, name=self.name)
         return CompartmentalModel(
             compartments=tuple(s.compartments),
             dose_compartment=s.dose,
