@@ -26,7 +26,7 @@ def small_study(tmp_path):
                 "activity_MBq": 6000.0,
                 "ligand_nmol": 77.8,
             }
-        },  # fmt: skip
+        },
         "times": {"start_h": 0.0, "stop_h": 672.0, "n": 57},
         "rois": ["kidneys", "salivary_glands", "tumour", "whole_body"],
     }
