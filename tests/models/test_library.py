@@ -136,8 +136,27 @@ def test_reduced_psma_template_is_generated_from_the_full_one():
     import importlib.util
     import pathlib
 
-    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "make_reduced_psma.py"
+    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "make_psma_variants.py"
     spec = importlib.util.spec_from_file_location("make_reduced", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.OUT.read_text() == mod.render()
+    assert mod.OUT_AC.read_text() == mod.render_ac225()
+
+
+def test_ac225_template_chain_tia():
+    """The Ac-225 variant: 4 alpha decays per Ac-225 decay along the chain; daughters' TIAs are
+    the parent's times the decays per parent decay (Bi-213 97.9 % to Po-213, ICRP-107)."""
+    t = load_template("psma617_ac225_pbpk")
+    assert t.nuclide == "Ac-225"
+    tr = simulate(t.model, t.params, t.default_schedule(), jnp.array([24.0]))
+    chain = tr.chain_tia("kidneys")
+    assert set(chain) == set(twinjax.nuclide("Ac-225").chain.names)
+    assert float(chain["Fr-221"]) == pytest.approx(float(tr.tia("kidneys")), rel=1e-12)
+    assert float(chain["Po-213"] / chain["Bi-213"]) == pytest.approx(0.979, abs=1e-3)
+    # the 10-day Ac-225 label keeps more activity in slowly releasing organs than Lu-177 does
+    lu = load_template("psma617_pbpk")
+    tr_lu = simulate(lu.model, lu.params, lu.default_schedule(), jnp.array([24.0]))
+    per_mbq_ac = float(tr.tia("tumour1")) / 8.0
+    per_mbq_lu = float(tr_lu.tia("tumour1")) / 7400.0
+    assert per_mbq_ac > per_mbq_lu

@@ -118,6 +118,23 @@ class Trajectory(eqx.Module):
         """Time-integrated activity to infinity (MBq h) of an organ or compartment."""
         return self._sum(self.tia_MBqh, name)
 
+    def chain_tia(self, name: str) -> dict[str, Float[Array, ""]]:
+        """TIA to infinity (MBq h) of every member of the label's decay chain in an organ.
+
+        The model transports the parent-labelled ligand; daughters are assumed to decay where
+        their parent decayed (no recoil redistribution). Each member then decays
+        ``decays_per_parent_decay`` times per parent decay in the same organ, which makes these
+        TIAs exact under that assumption. For a single nuclide this is ``{nuclide: tia}``.
+        """
+        from ..nuclides import nuclide as _lookup
+
+        chain = _lookup(self.nuclide).chain
+        parent = self.tia(name)
+        return {
+            m: parent * float(y)
+            for m, y in zip(chain.names, chain.decays_per_parent_decay, strict=True)
+        }
+
     # --- balances
     @property
     def body_activity_MBq(self) -> Float[Array, " T"]:
