@@ -96,8 +96,15 @@ def main() -> None:
         errs = []
         for i in range(args.subset):
             p = {k: v[i] for k, v in draws.items()}
-            sol = solve_ivp(scipy_rhs(model, p, lam), (0.0, TIMES[-1]), y0, method=method,
-                            t_eval=TIMES, rtol=RTOL, atol=ATOL)  # fmt: skip
+            sol = solve_ivp(
+                scipy_rhs(model, p, lam),
+                (0.0, TIMES[-1]),
+                y0,
+                method=method,
+                t_eval=TIMES,
+                rtol=RTOL,
+                atol=ATOL,
+            )
             if not sol.success:
                 raise RuntimeError(f"solve_ivp {method} failed on patient {i}: {sol.message}")
             hot = sol.y[:n].T * sched.mbq_per_nmol
@@ -110,12 +117,18 @@ def main() -> None:
         results[method] = (time.perf_counter() - t0, max(errs))
 
     thr_jax = args.n / t_jax
-    print(f"ODE cohort benchmark: psma617_reduced ({n} compartments, {3 * n} states), "
-          f"rtol={RTOL:g}, atol={ATOL:g} nmol")  # fmt: skip
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}")  # fmt: skip
-    print(f"twinjax vmap : {args.n} patients in {t_jax:.2f} s (compile {t_compile:.1f} s) "
-          f"-> {thr_jax:.1f} patients/s")  # fmt: skip
+    print(
+        f"ODE cohort benchmark: psma617_reduced ({n} compartments, {3 * n} states), "
+        f"rtol={RTOL:g}, atol={ATOL:g} nmol"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}"
+    )
+    print(
+        f"twinjax vmap : {args.n} patients in {t_jax:.2f} s (compile {t_compile:.1f} s) "
+        f"-> {thr_jax:.1f} patients/s"
+    )
     for method, (t, err) in results.items():
         thr = args.subset / t
         print(

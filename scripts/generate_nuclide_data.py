@@ -24,9 +24,21 @@ from pathlib import Path
 
 #: Parents of the chains twinjax ships (theranostic and PET nuclides).
 PARENTS = (
-    "Lu-177", "Tb-161", "Y-90", "I-131", "Ac-225", "Pb-212",
-    "F-18", "Ga-68", "Cu-64", "Tc-99m", "In-111", "Ho-166", "Ra-223", "Zr-89",
-)  # fmt: skip
+    "Lu-177",
+    "Tb-161",
+    "Y-90",
+    "I-131",
+    "Ac-225",
+    "Pb-212",
+    "F-18",
+    "Ga-68",
+    "Cu-64",
+    "Tc-99m",
+    "In-111",
+    "Ho-166",
+    "Ra-223",
+    "Zr-89",
+)
 #: Longer-lived nuclides are treated as stable chain ends.
 STABLE_ABOVE_YEARS = 1.0e6
 
@@ -36,9 +48,14 @@ NON_PENETRATING = ("alpha", "alpha recoil", "beta-", "beta+", "IE", "auger")
 PENETRATING = ("gamma", "X", "annihilation")
 
 _TIME_TO_H = {
-    "us": 1.0 / 3.6e9, "ms": 1.0 / 3.6e6, "s": 1.0 / 3600.0, "m": 1.0 / 60.0,
-    "h": 1.0, "d": 24.0, "y": 24.0 * 365.2422,
-}  # fmt: skip
+    "us": 1.0 / 3.6e9,
+    "ms": 1.0 / 3.6e6,
+    "s": 1.0 / 3600.0,
+    "m": 1.0 / 60.0,
+    "h": 1.0,
+    "d": 24.0,
+    "y": 24.0 * 365.2422,
+}
 
 
 def _emission_means(name: str) -> dict[str, float]:

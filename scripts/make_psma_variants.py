@@ -70,18 +70,23 @@ def build(full: dict) -> dict:
         for prefix in ("V_", "R_", "lambda_rel_"):
             params.pop(prefix + t)
     params["V_tumour"] = {
-        "value": round(v_total, 6), "unit": "L",
+        "value": round(v_total, 6),
+        "unit": "L",
         "source": "patient covariate (CT, all lesions); default = total lesion volume of the "
         "fele2024_sbml default patient (Tumor1 + Tumor2 + TumorRest)",
-    }  # fmt: skip
+    }
     params["R_tumour"] = {
-        "value": round(r0_total / v_total, 4), "unit": "nmol/L", "cv": 0.5,
+        "value": round(r0_total / v_total, 4),
+        "unit": "nmol/L",
+        "cv": 0.5,
         "source": "fele2024_sbml default patient: total receptor amount of Tumor1, Tumor2 and "
         "TumorRest over their total volume; cv 0.5 is a twinjax assumption",
-    }  # fmt: skip
+    }
     params["lambda_rel_tumour"] = {
-        "value": 1.5e-4, "unit": "1/min", "source": "fele2024_sbml lambdaRel_Tumor1 (L372)",
-    }  # fmt: skip
+        "value": 1.5e-4,
+        "unit": "1/min",
+        "source": "fele2024_sbml lambdaRel_Tumor1 (L372)",
+    }
     derived = {k: v for k, v in red["derived"].items() if not any(k.endswith(t) for t in TUMOURS)}
     derived.update(
         {
@@ -98,6 +103,11 @@ def build(full: dict) -> dict:
         }
     )
     red["derived"] = derived
+    covariates = {
+        k: v for k, v in red["covariates"].items() if not any(k.endswith(t) for t in TUMOURS)
+    }
+    covariates["V_tumour"] = "ct_volume_L_tumour"
+    red["covariates"] = covariates
     red["rois"] = {
         "kidneys": ["kidneys"],
         "salivary_glands": ["salivary"],

@@ -56,10 +56,17 @@ def test_simulate_writes_tacs_plot_and_summary(small_study, tmp_path):
 
 def test_simulate_bad_study_fails_before_writing(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"schema": "twinjax.study/1", "name": "x",
-                                   "template": "psma617_poppk_siebinga2023",
-                                   "schedule": {"administrations": [{"activity_MBq": -1.0}]},
-                                   "times": [1.0, 2.0]}))  # fmt: skip
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "schema": "twinjax.study/1",
+                "name": "x",
+                "template": "psma617_poppk_siebinga2023",
+                "schedule": {"administrations": [{"activity_MBq": -1.0}]},
+                "times": [1.0, 2.0],
+            }
+        )
+    )
     out = tmp_path / "out"
     res = runner.invoke(app, ["simulate", str(bad), "--out", str(out)])
     assert res.exit_code == 2
@@ -69,11 +76,17 @@ def test_simulate_bad_study_fails_before_writing(tmp_path):
 
 def test_simulate_typo_in_study(tmp_path):
     bad = tmp_path / "typo.yaml"
-    bad.write_text(yaml.safe_dump({"schema": "twinjax.study/1", "name": "x",
-                                   "template": "psma617_poppk_siebinga2023",
-                                   "schedule": {"cycles": {"n_cycle": 2, "interval_h": 10.0,
-                                                           "activity_MBq": 10.0}},
-                                   "times": [1.0, 2.0]}))  # fmt: skip
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "schema": "twinjax.study/1",
+                "name": "x",
+                "template": "psma617_poppk_siebinga2023",
+                "schedule": {"cycles": {"n_cycle": 2, "interval_h": 10.0, "activity_MBq": 10.0}},
+                "times": [1.0, 2.0],
+            }
+        )
+    )
     res = runner.invoke(app, ["simulate", str(bad), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "n_cycle" in res.output and "allowed" in res.output

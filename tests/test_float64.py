@@ -36,8 +36,17 @@ def test_simulation_outputs_linear_and_nonlinear():
     t = twinjax.load_template("psma617_poppk_siebinga2023")
     tr = simulate(t.model, t.params, t.default_schedule(), [1.0, 24.0])
     _all_f64(tr)
-    _all_f64((tr.activity_MBq, tr.tia_MBqh, tr.concentration_nmol_per_L, tr.excreted_activity_MBq,
-              tr.activity("kidneys"), tr.tia("kidneys"), tr.decayed_nmol))  # fmt: skip
+    _all_f64(
+        (
+            tr.activity_MBq,
+            tr.tia_MBqh,
+            tr.concentration_nmol_per_L,
+            tr.excreted_activity_MBq,
+            tr.activity("kidneys"),
+            tr.tia("kidneys"),
+            tr.decayed_nmol,
+        )
+    )
 
 
 def test_pet_functions():

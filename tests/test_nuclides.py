@@ -31,10 +31,20 @@ def test_shipped_table_matches_its_sources():
 
 @pytest.mark.parametrize(
     ("name", "half_life_h"),
-    [("Lu-177", 6.647 * 24), ("Ac-225", 10.0 * 24), ("F-18", 109.77 / 60), ("Ga-68", 67.71 / 60),
-     ("Tc-99m", 6.015), ("Y-90", 64.1), ("I-131", 8.0207 * 24), ("Tb-161", 6.906 * 24),
-     ("Pb-212", 10.64), ("Cu-64", 12.7), ("Bi-213", 45.59 / 60)],
-)  # fmt: skip
+    [
+        ("Lu-177", 6.647 * 24),
+        ("Ac-225", 10.0 * 24),
+        ("F-18", 109.77 / 60),
+        ("Ga-68", 67.71 / 60),
+        ("Tc-99m", 6.015),
+        ("Y-90", 64.1),
+        ("I-131", 8.0207 * 24),
+        ("Tb-161", 6.906 * 24),
+        ("Pb-212", 10.64),
+        ("Cu-64", 12.7),
+        ("Bi-213", 45.59 / 60),
+    ],
+)
 def test_half_lives_icrp107(name, half_life_h):
     n = nuclide(name)
     assert n.half_life_h == pytest.approx(half_life_h, rel=1e-4)
@@ -153,6 +163,22 @@ def test_unknown_radiation_type():
 
 
 def test_every_public_nuclide_in_table():
-    for n in ("Lu-177", "Tb-161", "Y-90", "I-131", "Ac-225", "Fr-221", "At-217", "Bi-213",
-              "Po-213", "Tl-209", "Pb-209", "Pb-212", "F-18", "Ga-68", "Cu-64", "Tc-99m"):  # fmt: skip
+    for n in (
+        "Lu-177",
+        "Tb-161",
+        "Y-90",
+        "I-131",
+        "Ac-225",
+        "Fr-221",
+        "At-217",
+        "Bi-213",
+        "Po-213",
+        "Tl-209",
+        "Pb-209",
+        "Pb-212",
+        "F-18",
+        "Ga-68",
+        "Cu-64",
+        "Tc-99m",
+    ):
         assert n in twinjax.known_nuclides()

@@ -19,6 +19,14 @@ from . import models as models
 from . import units as units
 from ._errors import InputError as InputError
 from ._errors import SolverError as SolverError
+from .imaging import load_patient as load_patient
+from .imaging import read_tacs as read_tacs
+from .imaging.observe import LognormalError as LognormalError
+from .imaging.observe import PoissonCounts as PoissonCounts
+from .inference import Observed as Observed
+from .inference import PopulationPrior as PopulationPrior
+from .inference import Posterior as Posterior
+from .inference import fit as fit
 from .models import CompartmentalModel as CompartmentalModel
 from .models import Trajectory as Trajectory
 from .models import simulate as simulate

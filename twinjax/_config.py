@@ -20,18 +20,45 @@ from ._errors import InputError
 # Concentrations of PET input functions keep their own unit (only the time part converts).
 UNIT_FACTORS: dict[str, float] = {
     "-": 1.0,
-    "1/h": 1.0, "1/min": 60.0, "1/s": 3600.0, "1/d": 1.0 / 24.0,
-    "h": 1.0, "min": 1.0 / 60.0, "s": 1.0 / 3600.0, "d": 24.0,
-    "L": 1.0, "mL": 1e-3,
-    "kg": 1.0, "g": 1e-3, "m2": 1.0,
-    "L/h": 1.0, "L/min": 60.0, "mL/min": 0.06, "mL/h": 1e-3,
-    "nmol": 1.0, "pmol": 1e-3,
-    "nmol/L": 1.0, "nM": 1.0, "pmol/L": 1e-3, "pM": 1e-3, "nmol/mL": 1e3,
-    "nmol/h": 1.0, "nmol/min": 60.0,
-    "L/(nmol h)": 1.0, "L/(nmol min)": 60.0, "1/(nM h)": 1.0, "1/(nM min)": 60.0,
-    "MBq": 1.0, "GBq": 1e3, "MBq/nmol": 1.0, "MBq/L": 1.0,
-    "uCi/mL": 1.0, "kBq/mL": 1.0, "uCi/mL/min": 60.0, "kBq/mL/min": 60.0,
-}  # fmt: skip
+    "1/h": 1.0,
+    "1/min": 60.0,
+    "1/s": 3600.0,
+    "1/d": 1.0 / 24.0,
+    "h": 1.0,
+    "min": 1.0 / 60.0,
+    "s": 1.0 / 3600.0,
+    "d": 24.0,
+    "L": 1.0,
+    "mL": 1e-3,
+    "kg": 1.0,
+    "g": 1e-3,
+    "m2": 1.0,
+    "L/h": 1.0,
+    "L/min": 60.0,
+    "mL/min": 0.06,
+    "mL/h": 1e-3,
+    "nmol": 1.0,
+    "pmol": 1e-3,
+    "nmol/L": 1.0,
+    "nM": 1.0,
+    "pmol/L": 1e-3,
+    "pM": 1e-3,
+    "nmol/mL": 1e3,
+    "nmol/h": 1.0,
+    "nmol/min": 60.0,
+    "L/(nmol h)": 1.0,
+    "L/(nmol min)": 60.0,
+    "1/(nM h)": 1.0,
+    "1/(nM min)": 60.0,
+    "MBq": 1.0,
+    "GBq": 1e3,
+    "MBq/nmol": 1.0,
+    "MBq/L": 1.0,
+    "uCi/mL": 1.0,
+    "kBq/mL": 1.0,
+    "uCi/mL/min": 60.0,
+    "kBq/mL/min": 60.0,
+}
 
 
 def to_canonical(value: float, unit: str, field: str) -> float:
@@ -161,6 +188,9 @@ class TemplateSpec(_Strict):
     input_function: dict[str, ParameterSpec] | None = None
     parameters: dict[str, ParameterSpec]
     derived: dict[str, str] = {}
+    covariates: dict[str, str] = Field(
+        default={}, description="parameter -> formula of patient covariates (canonical units)"
+    )
     rois: dict[str, list[str]] = {}
     default_administration: AdministrationSpec | None = None
     notes: str | None = None

@@ -108,14 +108,24 @@ def nuclide(
         _fail(err)
     chain = n.chain
     table = Table(title=f"{n.name}: T1/2 = {n.half_life_h:.6g} h")
-    for col in ("member", "T1/2 (h)", "decays per parent decay", "non-penetrating (MeV)",
-                "penetrating (MeV)", "alpha (MeV)"):  # fmt: skip
+    for col in (
+        "member",
+        "T1/2 (h)",
+        "decays per parent decay",
+        "non-penetrating (MeV)",
+        "penetrating (MeV)",
+        "alpha (MeV)",
+    ):
         table.add_column(col, justify="right")
     for m, y in zip(chain.members, chain.decays_per_parent_decay, strict=True):
         table.add_row(
-            m.name, f"{m.half_life_h:.4g}", f"{y:.4f}", f"{m.nonpenetrating_energy_MeV:.4f}",
-            f"{m.penetrating_energy_MeV:.4f}", f"{m.alpha_energy_MeV:.4f}",
-        )  # fmt: skip
+            m.name,
+            f"{m.half_life_h:.4g}",
+            f"{y:.4f}",
+            f"{m.nonpenetrating_energy_MeV:.4f}",
+            f"{m.penetrating_energy_MeV:.4f}",
+            f"{m.alpha_energy_MeV:.4f}",
+        )
     Console().print(table)
     if len(chain.members) > 1:
         Console().print(

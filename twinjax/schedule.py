@@ -55,8 +55,12 @@ class Administration:
         _check_number(
             "activity_MBq", self.activity_MBq, "a finite activity > 0 MBq", lambda v: v > 0
         )
-        _check_number("duration_h", self.duration_h, "0 (bolus) or a finite duration > 0 h",
-                      lambda v: v >= 0.0)  # fmt: skip
+        _check_number(
+            "duration_h",
+            self.duration_h,
+            "0 (bolus) or a finite duration > 0 h",
+            lambda v: v >= 0.0,
+        )
         hot = self.activity_MBq / nuc.mbq_per_nmol
         if self.ligand_nmol is not None:
             _check_number(

@@ -82,9 +82,13 @@ def _schedule(spec: StudySpec, tpl: Template, where: str) -> Schedule:
         )
     c = s.cycles
     return Schedule.cycles(
-        c.activity_MBq, c.n_cycles, c.interval_h, nuclide=tpl.nuclide,
-        ligand_nmol=c.ligand_nmol, duration_h=c.duration_h,
-    )  # fmt: skip
+        c.activity_MBq,
+        c.n_cycles,
+        c.interval_h,
+        nuclide=tpl.nuclide,
+        ligand_nmol=c.ligand_nmol,
+        duration_h=c.duration_h,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +188,11 @@ def write_simulation(result: SimulationResult, out_dir: str | Path) -> list[Path
 
     written = []
     for name, data in [
-        ("tacs.csv", tacs), ("tia.csv", tia_csv), ("summary.json", summary_bytes), ("tacs.png", png)
-    ]:  # fmt: skip
+        ("tacs.csv", tacs),
+        ("tia.csv", tia_csv),
+        ("summary.json", summary_bytes),
+        ("tacs.png", png),
+    ]:
         _atomic_write(out / name, data)
         written.append(out / name)
     return written

@@ -46,8 +46,11 @@ def test_hadotatate_receptor_occupancy_in_published_range():
     times = jnp.linspace(0.1, 48.0, 200)
     tr = simulate(t.model, t.params, t.default_schedule(), times)
     p = t.params
-    for organ, cap, lo, hi in [("spleen", "spleen", 0.39, 0.55), ("kidneys", "kidneys", 0.71, 0.97),
-                               ("tumour", "tumour", 0.78, 1.0)]:  # fmt: skip
+    for organ, cap, lo, hi in [
+        ("spleen", "spleen", 0.39, 0.55),
+        ("kidneys", "kidneys", 0.71, 0.97),
+        ("tumour", "tumour", 0.78, 1.0),
+    ]:
         occ = tr.ligand_nmol[:, t.model.index(organ)] / (p[f"Bmax_{cap}"] * p[f"V_{cap}"])
         assert lo - 0.1 <= float(jnp.max(occ)) <= hi + 0.05, organ
 

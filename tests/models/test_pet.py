@@ -52,8 +52,11 @@ def ode_reference(aif, t, K1, k2, k3, k4):
 
     def cp(tt):
         s = tt - tau
-        return ((p["A1"] * s - p["A2"] - p["A3"]) * np.exp(p["lambda1"] * s)
-                + p["A2"] * np.exp(p["lambda2"] * s) + p["A3"] * np.exp(p["lambda3"] * s))  # fmt: skip
+        return (
+            (p["A1"] * s - p["A2"] - p["A3"]) * np.exp(p["lambda1"] * s)
+            + p["A2"] * np.exp(p["lambda2"] * s)
+            + p["A3"] * np.exp(p["lambda3"] * s)
+        )
 
     jac = np.array([[-(k2 + k3), k4], [k3, -k4]])
 
@@ -61,8 +64,16 @@ def ode_reference(aif, t, K1, k2, k3, k4):
         return jac @ y + np.array([K1 * cp(tt), 0.0])
 
     after = t > tau
-    sol = solve_ivp(rhs, (tau, t[-1]), [0.0, 0.0], method="Radau", rtol=1e-11, atol=1e-14,
-                    t_eval=t[after], jac=lambda tt, y: jac)  # fmt: skip
+    sol = solve_ivp(
+        rhs,
+        (tau, t[-1]),
+        [0.0, 0.0],
+        method="Radau",
+        rtol=1e-11,
+        atol=1e-14,
+        t_eval=t[after],
+        jac=lambda tt, y: jac,
+    )
     assert sol.success
     out = np.zeros((2, t.size))
     out[:, after] = sol.y
@@ -96,8 +107,9 @@ def test_blood_volume_mixing_and_limits(aif, t_out):
     # k3 = 0 reduces the 2TCM to the 1TCM, also in the degenerate case k2 = k4 (equal eigenvalues).
     one = one_tissue(t_out, K1, k2, aif, vb=vb)
     for k4_ in (0.3, k2):
-        np.testing.assert_allclose(two_tissue(t_out, K1, k2, 0.0, k4_, aif, vb=vb), one,
-                                   rtol=1e-12, atol=1e-12)  # fmt: skip
+        np.testing.assert_allclose(
+            two_tissue(t_out, K1, k2, 0.0, k4_, aif, vb=vb), one, rtol=1e-12, atol=1e-12
+        )
     # Irreversible trapping: late C2 approaches Ki * int Cp minus a bounded transient; C2 grows.
     c1, c2 = two_tissue_components(t_out, *GREY_IRREV, aif)
     assert np.all(np.diff(np.asarray(c2)) >= 0)
@@ -107,14 +119,18 @@ def test_feng_values_and_units(aif):
     f = FENG_MIN
     t_min = np.array([0.0, 0.5, 0.7371, 1.0, 2.0, 10.0, 60.0])
     s = np.maximum(t_min - f["tau"], 0.0)
-    cp_min = ((f["A1"] * s - f["A2"] - f["A3"]) * np.exp(f["l1"] * s)
-              + f["A2"] * np.exp(f["l2"] * s) + f["A3"] * np.exp(f["l3"] * s))  # fmt: skip
+    cp_min = (
+        (f["A1"] * s - f["A2"] - f["A3"]) * np.exp(f["l1"] * s)
+        + f["A2"] * np.exp(f["l2"] * s)
+        + f["A3"] * np.exp(f["l3"] * s)
+    )
     cp_min = np.where(t_min >= f["tau"], cp_min, 0.0)
     np.testing.assert_allclose(aif(t_min / PER_MIN), 37.0 * cp_min, rtol=1e-12, atol=1e-12)
     # Hand value at 10 min (uCi/mL), independent of the code under test.
     assert float(FengInput.fdg_reference()(10.0 / 60.0)) == pytest.approx(26.15980, rel=1e-6)
-    fn = feng_input(t_min / PER_MIN, aif.A1, aif.A2, aif.A3, aif.lambda1, aif.lambda2,
-                    aif.lambda3, aif.tau_h)  # fmt: skip
+    fn = feng_input(
+        t_min / PER_MIN, aif.A1, aif.A2, aif.A3, aif.lambda1, aif.lambda2, aif.lambda3, aif.tau_h
+    )
     np.testing.assert_allclose(fn, aif(t_min / PER_MIN), rtol=1e-15)
 
 
@@ -126,8 +142,15 @@ def test_feng_integral_vs_quad(aif):
         if t <= tau:
             assert g == 0.0
             continue
-        ref, _err = quad(lambda u: float(aif(u)), tau, t, points=[tau + 0.01], limit=400,
-                        epsabs=0.0, epsrel=1e-13)  # fmt: skip
+        ref, _err = quad(
+            lambda u: float(aif(u)),
+            tau,
+            t,
+            points=[tau + 0.01],
+            limit=400,
+            epsabs=0.0,
+            epsrel=1e-13,
+        )
         assert g == pytest.approx(ref, rel=1e-9)
 
 
@@ -148,8 +171,9 @@ def test_patlak_recovers_ki(aif):
     # Coarse PET frames with an exact integral also work, and the fit is jit-able.
     frames = np.array([25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0]) / 60.0
     fit = jax.jit(lambda c, cp, ic: patlak(frames, c, cp, t_star_h=0.4, c_plasma_integral=ic))
-    ki_j, _ = fit(two_tissue(frames, K1, k2, k3, 0.0, aif, vb=0.04), aif(frames),
-                  aif.integral(frames))  # fmt: skip
+    ki_j, _ = fit(
+        two_tissue(frames, K1, k2, k3, 0.0, aif, vb=0.04), aif(frames), aif.integral(frames)
+    )
     assert float(ki_j) == pytest.approx(0.96 * ki_true, rel=0.02)
 
 

@@ -50,7 +50,9 @@ def test_reduced_model_tracks_the_full_model():
     for name in ("psma617_pbpk", "psma617_reduced"):
         t = twinjax.load_template(name)
         tr = twinjax.simulate(t.model, t.params, sched, jnp.array([24.0]), rtol=1e-7, atol=1e-10)
-        out[name] = {r: float(sum(tr.tia(g) for g in t.roi(r)))
-                     for r in ("kidneys", "salivary_glands", "liver", "tumour")}  # fmt: skip
+        out[name] = {
+            r: float(sum(tr.tia(g) for g in t.roi(r)))
+            for r in ("kidneys", "salivary_glands", "liver", "tumour")
+        }
     for r, v in out["psma617_pbpk"].items():
         assert out["psma617_reduced"][r] == pytest.approx(v, rel=0.15), r

@@ -49,13 +49,34 @@ SMALL_PBPK = whole_body(
     name="small",
 )
 P_PBPK = {
-    "V_plasma": 3.0, "GFR": 6.0, "f_filt": 0.66, "f_exc": 0.96, "ft_kidneys": 0.5, "k_on": 2.4, "K_D": 0.5, "lambda_int": 0.1,
-    "Q_kidneys": 36.0, "V_kidneys": 0.3, "fv_kidneys": 0.1, "fi_kidneys": 0.2, "PS_kidneys": 4.0,
-    "R_kidneys": 10.0, "lambda_rel_kidneys": 0.02,
-    "Q_tumour": 2.0, "V_tumour": 0.1, "fv_tumour": 0.05, "fi_tumour": 0.3, "PS_tumour": 1.0,
-    "R_tumour": 20.0, "lambda_rel_tumour": 0.005,
-    "Q_rest": 100.0, "V_rest": 60.0, "fv_rest": 0.04, "fi_rest": 0.15, "PS_rest": 20.0,
-}  # fmt: skip
+    "V_plasma": 3.0,
+    "GFR": 6.0,
+    "f_filt": 0.66,
+    "f_exc": 0.96,
+    "ft_kidneys": 0.5,
+    "k_on": 2.4,
+    "K_D": 0.5,
+    "lambda_int": 0.1,
+    "Q_kidneys": 36.0,
+    "V_kidneys": 0.3,
+    "fv_kidneys": 0.1,
+    "fi_kidneys": 0.2,
+    "PS_kidneys": 4.0,
+    "R_kidneys": 10.0,
+    "lambda_rel_kidneys": 0.02,
+    "Q_tumour": 2.0,
+    "V_tumour": 0.1,
+    "fv_tumour": 0.05,
+    "fi_tumour": 0.3,
+    "PS_tumour": 1.0,
+    "R_tumour": 20.0,
+    "lambda_rel_tumour": 0.005,
+    "Q_rest": 100.0,
+    "V_rest": 60.0,
+    "fv_rest": 0.04,
+    "fi_rest": 0.15,
+    "PS_rest": 20.0,
+}
 SINGLE = Schedule.single(7400.0, ligand_nmol=57.1)
 
 
@@ -80,9 +101,11 @@ def test_linear_two_compartment_matches_closed_form():
 
 def test_linear_infusion_matches_closed_form():
     one = CompartmentalModel(
-        compartments=("c", "out"), dose_compartment="c",
-        transfers=(Transfer("c", "out", "k"),), excreta=("out",),
-    )  # fmt: skip
+        compartments=("c", "out"),
+        dose_compartment="c",
+        transfers=(Transfer("c", "out", "k"),),
+        excreta=("out",),
+    )
     k, d = 0.7, 2.0
     sched = Schedule.single(7400.0, duration_h=d, time_h=1.0)
     t = np.array([0.5, 1.0, 1.5, 2.9, 3.0, 5.0, 30.0])
@@ -100,16 +123,22 @@ def test_ode_path_equals_exact_path_in_the_linear_limit():
     reproduce the matrix exponential of the equivalent linear model, across an infusion and a
     second bolus (restart at each administration)."""
     sat = CompartmentalModel(
-        compartments=("c", "b", "out"), dose_compartment="c",
+        compartments=("c", "b", "out"),
+        dose_compartment="c",
         transfers=(Transfer("b", "c", "koff"), Transfer("c", "out", "kel")),
-        bindings=(Binding("c", "b", "kon", "R", "V"),), excreta=("out",),
-    )  # fmt: skip
-    lin = CompartmentalModel(
-        compartments=("c", "b", "out"), dose_compartment="c",
-        transfers=(Transfer("b", "c", "koff"), Transfer("c", "out", "kel"),
-                   Transfer("c", "b", "kon * R / V")),
+        bindings=(Binding("c", "b", "kon", "R", "V"),),
         excreta=("out",),
-    )  # fmt: skip
+    )
+    lin = CompartmentalModel(
+        compartments=("c", "b", "out"),
+        dose_compartment="c",
+        transfers=(
+            Transfer("b", "c", "koff"),
+            Transfer("c", "out", "kel"),
+            Transfer("c", "b", "kon * R / V"),
+        ),
+        excreta=("out",),
+    )
     p = {"koff": 0.1, "kel": 0.4, "kon": 1e-9, "R": 3e8, "V": 1.0}
     sched = Schedule.from_administrations(
         [twinjax.Administration(0.0, 3000.0, duration_h=1.5), twinjax.Administration(30.0, 5000.0)]
@@ -172,8 +201,10 @@ def test_jit_vmap_and_plain_calls_agree(pbpk_solve):
     plain = simulate(SMALL_PBPK, P_PBPK, SINGLE, t)
     jitted = pbpk_solve(P_PBPK, SINGLE, t)
     np.testing.assert_allclose(jitted.hot_nmol, plain.hot_nmol, rtol=1e-12)
-    batch = {k: jnp.asarray(v) * jnp.array([1.0, 1.3]) if k == "R_tumour" else jnp.asarray(v)
-             for k, v in P_PBPK.items()}  # fmt: skip
+    batch = {
+        k: jnp.asarray(v) * jnp.array([1.0, 1.3]) if k == "R_tumour" else jnp.asarray(v)
+        for k, v in P_PBPK.items()
+    }
     vm = jax.vmap(
         lambda p: simulate(SMALL_PBPK, p, SINGLE, t),
         in_axes=({k: (0 if k == "R_tumour" else None) for k in P_PBPK},),
@@ -310,5 +341,6 @@ def test_pbpk_organ_errors():
 def test_vmap_over_administered_activity_is_linear_for_linear_models():
     acts = jnp.array([3700.0, 7400.0, 11100.0])
     out = jax.vmap(lambda a: simulate(TWO_CMT, P2, SINGLE.with_activity(a), TIMES).tia_MBqh)(acts)
-    np.testing.assert_allclose(out / acts[:, None], np.broadcast_to(out[1] / 7400.0, out.shape),
-                               rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        out / acts[:, None], np.broadcast_to(out[1] / 7400.0, out.shape), rtol=1e-12
+    )

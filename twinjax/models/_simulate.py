@@ -197,9 +197,19 @@ def simulate(
     else:
         try:
             out = _simulate_ode(
-                model, params, schedule, times, lam, rtol, atol, solver,
-                _adjoint(adjoint), max_steps, tail_half_lives, throw,
-            )  # fmt: skip
+                model,
+                params,
+                schedule,
+                times,
+                lam,
+                rtol,
+                atol,
+                solver,
+                _adjoint(adjoint),
+                max_steps,
+                tail_half_lives,
+                throw,
+            )
         except eqx.EquinoxRuntimeError as err:  # raised when called outside jit
             raise SolverError(
                 f"the ODE solve of model {model.name!r} failed: {str(err).splitlines()[0]} "
@@ -314,9 +324,19 @@ def _infusion_response(k, r, tau):
 
 # ---------------------------------------------------------------------------- ODE path
 def _simulate_ode(
-    model, params, schedule: Schedule, times, lam, rtol, atol, solver, adjoint, max_steps,
-    tail_half_lives, throw,
-):  # fmt: skip
+    model,
+    params,
+    schedule: Schedule,
+    times,
+    lam,
+    rtol,
+    atol,
+    solver,
+    adjoint,
+    max_steps,
+    tail_half_lives,
+    throw,
+):
     n = model.n_compartments
     e = jnp.asarray(model.dose_vector())
 
@@ -368,10 +388,19 @@ def _simulate_ode(
         y = y + jnp.concatenate([b_hot * e, b_cold * e, jnp.zeros(n)])
         ts = jnp.concatenate([jnp.clip(times, t0, t1), t1[None]])
         sol = dfx.diffeqsolve(
-            term, solver, t0, t1, None, y, (jnp.asarray(r_hot), jnp.asarray(r_cold)),
-            saveat=dfx.SaveAt(ts=ts), stepsize_controller=controller, adjoint=adjoint,
-            max_steps=max_steps, throw=throw,
-        )  # fmt: skip
+            term,
+            solver,
+            t0,
+            t1,
+            None,
+            y,
+            (jnp.asarray(r_hot), jnp.asarray(r_cold)),
+            saveat=dfx.SaveAt(ts=ts),
+            stepsize_controller=controller,
+            adjoint=adjoint,
+            max_steps=max_steps,
+            throw=throw,
+        )
         last = j == len(pieces) - 1
         inside = (times >= t0) if last else (times >= t0) & (times < t1)
         out = jnp.where(inside[:, None], sol.ys[:-1], out)

@@ -92,6 +92,18 @@ class Template:
         """Between-patient lognormal CVs of the parameters that vary."""
         return {k: p.cv for k, p in self.spec.parameters.items() if p.cv is not None}
 
+    def personalise(self, covariates: Mapping[str, float]) -> dict[str, jax.Array]:
+        """Typical parameters of a patient: the template's ``covariates:`` formulas evaluated on
+        the patient's covariates (e.g. ``weight_kg``, ``ct_volume_L_kidneys``; see
+        `twinjax.imaging.io.Patient`) replace the population defaults; formulas whose
+        covariates the patient lacks keep the default. Derived parameters are recomputed."""
+        base = {k: jnp.asarray(p.median(k)) for k, p in self.spec.parameters.items()}
+        for name, formula in self.spec.covariates.items():
+            e = expr(formula)
+            if all(c in covariates for c in e.names):
+                base[name] = e({c: jnp.asarray(float(covariates[c])) for c in e.names})
+        return self.derive(base)
+
     def derive(self, params: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Add the template's derived parameters (``derived:`` formulas of other parameters)."""
         out = dict(params)
@@ -161,9 +173,12 @@ class Template:
         if a is None:
             raise InputError(f"template {self.name!r} has no default_administration")
         return Schedule.single(
-            a.activity_MBq, nuclide=self.nuclide, ligand_nmol=a.ligand_nmol,
-            time_h=a.time_h, duration_h=a.duration_h,
-        )  # fmt: skip
+            a.activity_MBq,
+            nuclide=self.nuclide,
+            ligand_nmol=a.ligand_nmol,
+            time_h=a.time_h,
+            duration_h=a.duration_h,
+        )
 
 
 def _templates_dir() -> Path:
@@ -188,6 +203,11 @@ def _load(path: Path) -> Template:
                 "add them under 'parameters:' (value, unit, source)"
             )
         model.check_params(tpl.params)
+        unknown = [k for k in spec.covariates if k not in spec.parameters]
+        if unknown:
+            raise InputError(
+                f"{path.name}: covariates set {unknown}, which are not parameters of the template"
+            )
         for roi, groups in spec.rois.items():
             for g in groups:
                 try:

@@ -131,8 +131,10 @@ def _check_times(name: str, t) -> None:
     if v.ndim > 1:
         raise InputError(f"{name} has shape {v.shape}; allowed: a scalar or a 1-D array of times")
     if not np.all(np.isfinite(v)):
-        raise InputError(f"{name} contains non-finite values {_fmt(v[~np.isfinite(v)])}; "
-                         "allowed: finite times >= 0 h")  # fmt: skip
+        raise InputError(
+            f"{name} contains non-finite values {_fmt(v[~np.isfinite(v)])}; "
+            "allowed: finite times >= 0 h"
+        )
     if np.any(v < 0):
         raise InputError(f"{name} contains negative times {_fmt(v[v < 0])} h; allowed: >= 0 h")
     if v.ndim == 1 and np.any(np.diff(v) < 0):
@@ -323,8 +325,9 @@ class FengInput(eqx.Module):
         """``Cp(t_h)`` (concentration); `t_h` in h, >= 0."""
         _check_times("t_h", t_h)
         t = jnp.asarray(t_h, dtype=float)
-        return _feng_eval(t, self.A1, self.A2, self.A3, self.lambda1, self.lambda2, self.lambda3,
-                          self.tau_h)  # fmt: skip
+        return _feng_eval(
+            t, self.A1, self.A2, self.A3, self.lambda1, self.lambda2, self.lambda3, self.tau_h
+        )
 
     def integral(self, t_h: ArrayLike) -> Float[Array, " ..."]:
         """Exact ``int_0^t Cp(u) du`` (concentration x h) at `t_h` (h); 0 before the delay."""
@@ -421,8 +424,7 @@ def two_tissue_components(
     **Returns:** ``(C1, C2)`` at `t_h`, concentrations per unit tissue volume (not scaled by
     ``1 - vb``), decay-corrected, float64.
     """
-    rates = {"K1_per_h": K1_per_h, "k2_per_h": k2_per_h, "k3_per_h": k3_per_h,
-             "k4_per_h": k4_per_h}  # fmt: skip
+    rates = {"K1_per_h": K1_per_h, "k2_per_h": k2_per_h, "k3_per_h": k3_per_h, "k4_per_h": k4_per_h}
     t, (K1, k2, k3, k4) = _prepare(t_h, aif, rates)
     return _two_tissue(t, K1, k2, k3, k4, aif)
 
@@ -452,8 +454,7 @@ def two_tissue(
 
     **Returns:** the voxel concentration at `t_h` (unit of the input's amplitudes), float64.
     """
-    rates = {"K1_per_h": K1_per_h, "k2_per_h": k2_per_h, "k3_per_h": k3_per_h,
-             "k4_per_h": k4_per_h}  # fmt: skip
+    rates = {"K1_per_h": K1_per_h, "k2_per_h": k2_per_h, "k3_per_h": k3_per_h, "k4_per_h": k4_per_h}
     t, (K1, k2, k3, k4) = _prepare(t_h, aif, rates, vb)
     vb = jnp.asarray(vb, dtype=float)
     c1, c2 = _two_tissue(t, K1, k2, k3, k4, aif)

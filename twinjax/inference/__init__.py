@@ -1,0 +1,8 @@
+"""Bayesian calibration of twins from sparse imaging (NumPyro): priors, model, fit, diagnostics."""
+
+from .diagnostics import Diagnostics as Diagnostics
+from .fit import Posterior as Posterior
+from .fit import fit as fit
+from .model import Observed as Observed
+from .model import calibration_model as calibration_model
+from .priors import PopulationPrior as PopulationPrior

@@ -1,0 +1,164 @@
+"""The NumPyro model of one patient: population prior -> PBPK simulation -> measured activities.
+
+[`calibration_model`][] assembles, from a template, a patient's prior, schedule, time-activity data
+and an observation model, a NumPyro model function with sites
+
+- ``z`` — standard-normal coordinates of the inferred parameters (see `PopulationPrior`);
+- ``log_calibration`` — per-scan log calibration factors (when the observation model has a
+  calibration CV), shared by all regions of a scan;
+- a ``factor`` with the data log-likelihood, ``-inf`` when the ODE solve fails, so that the
+  proposal is rejected (and counted in ``ode_ok``);
+- deterministic sites: every inferred parameter by name, ``tia_<roi>`` (MBq h, to infinity) for
+  each region, and ``ode_ok``.
+
+The structure (unique scan times, which rows belong to which region) is fixed in Python before
+tracing, so the log-density compiles once per fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from .._errors import InputError
+from ..imaging.observe import LognormalError, lognormal_sigma
+from ..models._simulate import simulate
+from ..models.library import Template
+from ..schedule import Schedule
+from .priors import PopulationPrior
+
+__all__ = ["Observed", "calibration_model"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """Measured activities of one patient: one row per (region, scan time).
+
+    `roi` (names), `time_h` (h, on the schedule's clock), `activity_MBq` (MBq); all 1-D.
+    """
+
+    roi: tuple[str, ...]
+    time_h: np.ndarray
+    activity_MBq: np.ndarray
+
+    @classmethod
+    def from_data(cls, data) -> Observed:
+        """From any object with `roi`, `time_h` and `activity_MBq` (e.g. `TimeActivityData`)."""
+        return cls(
+            tuple(data.roi), np.asarray(data.time_h, float), np.asarray(data.activity_MBq, float)
+        )
+
+    def __post_init__(self) -> None:
+        n = len(self.roi)
+        if n == 0:
+            raise InputError("observed data are empty; allowed: at least one measurement")
+        if self.time_h.shape != (n,) or self.activity_MBq.shape != (n,):
+            raise InputError(
+                f"roi ({n}), time_h {self.time_h.shape} and activity_MBq "
+                f"{self.activity_MBq.shape} must have the same length"
+            )
+        bad = ~np.isfinite(self.time_h) | (self.time_h < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"time_h[{i}] = {self.time_h[i]}; allowed: finite times >= 0 h")
+        bad = ~np.isfinite(self.activity_MBq) | (self.activity_MBq < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(
+                f"activity_MBq[{i}] = {self.activity_MBq[i]} ({self.roi[i]} at "
+                f"{self.time_h[i]} h); allowed: finite activities >= 0 MBq"
+            )
+
+    @property
+    def rois(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.roi)))
+
+    @property
+    def scan_times(self) -> np.ndarray:
+        return np.unique(self.time_h)
+
+    def until(self, time_h: float) -> Observed:
+        keep = self.time_h <= time_h
+        return Observed(
+            tuple(np.asarray(self.roi)[keep]), self.time_h[keep], self.activity_MBq[keep]
+        )
+
+
+def calibration_model(
+    template: Template,
+    prior: PopulationPrior,
+    schedule: Schedule,
+    observed: Observed,
+    noise: LognormalError,
+    *,
+    rois: Sequence[str] | None = None,
+    adjoint: str = "forward",
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    max_steps: int = 8192,
+):
+    """Build the NumPyro model function (no arguments) of one patient; see module docs.
+
+    `rois` are the regions whose TIA is recorded (default: the observed ones).
+    """
+    model = template.model
+    times = observed.scan_times
+    if schedule.n_administrations and float(times[0]) < float(np.asarray(schedule.time_h)[0]):
+        raise InputError(
+            f"a scan at {times[0]} h precedes the first administration at "
+            f"{float(schedule.time_h[0])} h"
+        )
+    index = {t: i for i, t in enumerate(times)}
+    rows = {}
+    for roi in observed.rois:
+        template.roi(roi)  # unknown regions fail here, before any tracing
+        noise.sigma(roi)
+        sel = np.array([r == roi for r in observed.roi])
+        rows[roi] = (
+            np.array([index[t] for t in observed.time_h[sel]]),
+            jnp.asarray(observed.activity_MBq[sel]),
+        )
+    tia_rois = tuple(rois) if rois is not None else observed.rois
+    n_scans = len(times)
+    sigma_cal = float(lognormal_sigma(noise.calibration_cv)) if noise.calibration_cv > 0 else 0.0
+
+    def numpyro_model():
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([prior.dim]).to_event(1))
+        theta = prior.theta(z)
+        for name, value in theta.items():
+            numpyro.deterministic(name, value)
+        params = template.derive({**prior.base, **theta})
+        traj = simulate(
+            model,
+            params,
+            schedule,
+            times,
+            rtol=rtol,
+            atol=atol,
+            adjoint=adjoint,
+            max_steps=max_steps,
+            throw=False,
+        )
+        if sigma_cal > 0:
+            log_cal = numpyro.sample(
+                "log_calibration", dist.Normal(0.0, sigma_cal).expand([n_scans]).to_event(1)
+            )
+            cal = jnp.exp(log_cal)
+        else:
+            cal = jnp.ones(n_scans)
+        ll = 0.0
+        for roi, (idx, y) in rows.items():
+            pred = sum(traj.activity(g) for g in template.roi(roi))
+            ll = ll + noise.log_likelihood(roi, y, pred[idx], calibration=cal[idx])
+        ok = traj.success & jnp.isfinite(ll)
+        numpyro.deterministic("ode_ok", ok)
+        numpyro.factor("data", jnp.where(ok, ll, -jnp.inf))
+        for roi in tia_rois:
+            numpyro.deterministic(f"tia_{roi}", sum(traj.tia(g) for g in template.roi(roi)))
+
+    return numpyro_model
