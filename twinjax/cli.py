@@ -81,6 +81,75 @@ def simulate(
 
 
 @app.command()
+def calibrate(
+    patient: Annotated[
+        Path, typer.Argument(help="Patient manifest YAML (covariates, administrations).")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", "-d", help="Time-activity CSV (patient_id, roi, time_h, activity_MBq)."
+        ),
+    ],
+    template: Annotated[str, typer.Option(help="Template name or YAML path.")] = "psma617_reduced",
+    method: Annotated[str, typer.Option(help="nuts, svi, map or laplace.")] = "nuts",
+    cv: Annotated[float, typer.Option(help="Measurement CV of every region (lognormal).")] = 0.2,
+    calibration_cv: Annotated[
+        float, typer.Option(help="CV of the per-scan calibration factor.")
+    ] = 0.05,
+    chains: Annotated[int, typer.Option(help="NUTS chains.")] = 4,
+    warmup: Annotated[int, typer.Option(help="NUTS warm-up iterations per chain.")] = 500,
+    samples: Annotated[int, typer.Option(help="NUTS draws per chain (or guide draws).")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("twinjax-out"),
+) -> None:
+    """Calibrate a twin to one patient's scans: posterior.nc, summary.json and fit.png."""
+    from ._errors import InputError, SolverError
+    from .calibrate import calibrate_patient, write_calibration
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".twinjax-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        _fail(InputError(f"output folder {str(out)!r} is not writable ({err.strerror})"))
+    try:
+        with console.status(f"calibrating ({method}) ..."):
+            post, tpl, pat, _, dropped = calibrate_patient(
+                patient,
+                data,
+                template=template,
+                method=method,
+                cv=cv,
+                calibration_cv=calibration_cv,
+                num_chains=chains,
+                num_warmup=warmup,
+                num_samples=samples,
+                seed=seed,
+                progress_bar=method == "nuts",
+            )
+        if dropped:
+            console.print(f"regions not in template {tpl.name!r}, not used: {', '.join(dropped)}")
+        written = write_calibration(post, tpl, pat, out)
+    except (InputError, SolverError) as err:
+        _fail(err)
+    if post.diagnostics is not None:
+        colour = "green" if post.diagnostics.verdict == "ok" else "yellow"
+        console.print(f"convergence: [{colour}]{post.diagnostics.verdict}[/]")
+        for m in post.diagnostics.messages:
+            console.print(f"  - {m}")
+    table = Table(title=f"posterior of {pat.patient_id} ({tpl.name}, {method})")
+    for col in ("quantity", "median", "5 %", "95 %"):
+        table.add_column(col, justify="right")
+    for name, row in post.summary().items():
+        table.add_row(name, f"{row['q50']:.4g}", f"{row['q5']:.4g}", f"{row['q95']:.4g}")
+    Console().print(table)
+    for p in written:
+        console.print(f"wrote {p}")
+
+
+@app.command()
 def templates() -> None:
     """List the published models shipped with twinjax."""
     from .models.library import list_templates, load_template

@@ -11,44 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 
 import twinjax
 from twinjax import InputError
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed, PopulationPrior, fit
 
-TEMPLATE = {
-    "schema": "twinjax.template/1",
-    "name": "test_linear",
-    "title": "three-compartment test model",
-    "kind": "compartmental",
-    "nuclide": "Lu-177",
-    "references": {"test": "synthetic test model"},
-    "model": {
-        "kind": "compartmental",
-        "compartments": ["blood", "kidneys", "tumour", "urine"],
-        "dose": "blood",
-        "excreta": ["urine"],
-        "transfers": [
-            {"from": "blood", "to": "kidneys", "rate": "k_bk"},
-            {"from": "kidneys", "to": "blood", "rate": "k_kb"},
-            {"from": "blood", "to": "tumour", "rate": "k_bt"},
-            {"from": "tumour", "to": "blood", "rate": "k_tb"},
-            {"from": "blood", "to": "urine", "rate": "CL / V"},
-        ],
-        "groups": {"whole_body": ["blood", "kidneys", "tumour"]},
-    },
-    "parameters": {
-        "k_bk": {"value": 0.05, "unit": "1/h", "cv": 0.4, "source": "test"},
-        "k_kb": {"value": 0.03, "unit": "1/h", "cv": 0.4, "source": "test"},
-        "k_bt": {"value": 0.02, "unit": "1/h", "cv": 0.5, "source": "test"},
-        "k_tb": {"value": 0.01, "unit": "1/h", "source": "test"},
-        "CL": {"value": 3.0, "unit": "L/h", "cv": 0.3, "source": "test"},
-        "V": {"value": 10.0, "unit": "L", "source": "test"},
-    },
-    "covariates": {"CL": "egfr_L_per_h * 0.5"},
-}
 NOISE = LognormalError({"kidneys": 0.12, "tumour": 0.18, "whole_body": 0.08}, calibration_cv=0.05)
 TIMES = np.array([4.0, 24.0, 48.0, 96.0])
 
@@ -60,10 +28,8 @@ class Patient:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    p = tmp_path_factory.mktemp("tpl") / "test_linear.yaml"
-    p.write_text(yaml.safe_dump(TEMPLATE))
-    tpl = twinjax.load_template(p)
+def setup(linear_template_path):
+    tpl = twinjax.load_template(linear_template_path)
     patient = Patient({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0))
     prior = PopulationPrior.from_template(tpl, patient.covariates)
     z_true = np.array([0.8, -0.6, 0.5, -0.9])  # CL, k_bk, k_bt, k_kb (sorted names)

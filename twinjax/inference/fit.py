@@ -197,6 +197,45 @@ def fit(
         template, prior, schedule, observed, noise, adjoint=adjoint, rtol=rtol, atol=atol
     )
     traces = _TraceCounter(model)
+    # NumPyro's samplers mix integer and float arrays internally: run them under JAX's standard
+    # type promotion even where a user (or a test suite) has made promotion strict.
+    with jax.numpy_dtype_promotion("standard"):
+        return _run(
+            method,
+            traces,
+            prior,
+            noise,
+            observed,
+            template,
+            seed,
+            num_chains,
+            num_warmup,
+            num_samples,
+            dense_mass,
+            progress_bar,
+            guide,
+            svi_steps,
+            learning_rate,
+        )
+
+
+def _run(
+    method,
+    traces,
+    prior,
+    noise,
+    observed,
+    template,
+    seed,
+    num_chains,
+    num_warmup,
+    num_samples,
+    dense_mass,
+    progress_bar,
+    guide,
+    svi_steps,
+    learning_rate,
+) -> Posterior:
     key = jax.random.key(seed)
     t0 = time.perf_counter()
     losses = None
@@ -280,8 +319,11 @@ def _optimise(model, method, guide_kind, prior, steps, lr, num_samples, key):
     k_run, k_draw = jax.random.split(key)
     result = svi.run(k_run, steps, progress_bar=False)
     n = 1 if method == "map" else num_samples
-    predictive = numpyro.infer.Predictive(model, guide=guide, params=result.params, num_samples=n)
-    draws = predictive(k_draw)
+    # sample_posterior, not the guide's forward pass: the Laplace guide is a point mass during
+    # optimisation and only becomes a Gaussian (with the inverse Hessian) when sampled here.
+    latent = guide.sample_posterior(k_draw, result.params, sample_shape=(n,))
+    predictive = numpyro.infer.Predictive(model, posterior_samples=latent)
+    draws = {**predictive(jax.random.fold_in(k_draw, 1)), **latent}
     samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "data"}
     return samples, np.asarray(result.losses)
 
