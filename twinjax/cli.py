@@ -37,6 +37,19 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _check_writable(out: Path) -> None:
+    """Fail before any computation if `out` cannot be created or written."""
+    from ._errors import InputError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".twinjax-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        _fail(InputError(f"output folder {str(out)!r} is not writable ({err.strerror})"))
+
+
 @app.command()
 def simulate(
     study: Annotated[
@@ -49,13 +62,7 @@ def simulate(
     from ._errors import InputError, SolverError
     from .study import load_study, run_simulation, write_simulation
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".twinjax-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        _fail(InputError(f"output folder {str(out)!r} is not writable ({err.strerror})"))
+    _check_writable(out)
     try:
         spec, tpl, schedule, _ = load_study(study)  # validate everything before solving
         console.print(
@@ -107,13 +114,7 @@ def calibrate(
     from ._errors import InputError, SolverError
     from .calibrate import calibrate_patient, write_calibration
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".twinjax-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        _fail(InputError(f"output folder {str(out)!r} is not writable ({err.strerror})"))
+    _check_writable(out)
     try:
         with console.status(f"calibrating ({method}) ..."):
             post, tpl, pat, _, dropped = calibrate_patient(

@@ -200,77 +200,41 @@ def fit(
     # NumPyro's samplers mix integer and float arrays internally: run them under JAX's standard
     # type promotion even where a user (or a test suite) has made promotion strict.
     with jax.numpy_dtype_promotion("standard"):
-        return _run(
-            method,
-            traces,
-            prior,
-            noise,
-            observed,
-            template,
-            seed,
-            num_chains,
-            num_warmup,
-            num_samples,
-            dense_mass,
-            progress_bar,
-            guide,
-            svi_steps,
-            learning_rate,
-        )
-
-
-def _run(
-    method,
-    traces,
-    prior,
-    noise,
-    observed,
-    template,
-    seed,
-    num_chains,
-    num_warmup,
-    num_samples,
-    dense_mass,
-    progress_bar,
-    guide,
-    svi_steps,
-    learning_rate,
-) -> Posterior:
-    key = jax.random.key(seed)
-    t0 = time.perf_counter()
-    losses = None
-    if method == "nuts":
-        kernel = NUTS(traces, forward_mode_differentiation=True, dense_mass=dense_mass)
-        chain_method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
-        mcmc = MCMC(
-            kernel,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            num_chains=num_chains,
-            chain_method=chain_method,
-            progress_bar=progress_bar,
-        )
-        k_init, k_run = jax.random.split(key)
-        init = {"z": 0.1 * jax.random.normal(k_init, (num_chains, prior.dim))}
-        if noise.calibration_cv > 0:
-            n_scans = len(observed.scan_times)
-            init["log_calibration"] = jnp.zeros((num_chains, n_scans))
-        if num_chains == 1:
-            init = {k: v[0] for k, v in init.items()}
-        mcmc.run(k_run, init_params=init, extra_fields=("diverging", "energy", "num_steps"))
-        samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-        extra = mcmc.get_extra_fields(group_by_chain=True)
-        stats = {
-            "diverging": np.asarray(extra["diverging"]),
-            "energy": np.asarray(extra["energy"]),
-            "tree_depth": np.log2(np.asarray(extra["num_steps"]) + 1).astype(int),
-        }
-        diagnostics = diagnose(samples, stats, names=(*prior.names,), max_tree_depth=10)
-    else:
-        samples, losses = _optimise(
-            traces, method, guide, prior, svi_steps, learning_rate, num_samples, key
-        )
-        stats, diagnostics = {}, None
+        key = jax.random.key(seed)
+        t0 = time.perf_counter()
+        losses = None
+        if method == "nuts":
+            kernel = NUTS(traces, forward_mode_differentiation=True, dense_mass=dense_mass)
+            chain_method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
+            mcmc = MCMC(
+                kernel,
+                num_warmup=num_warmup,
+                num_samples=num_samples,
+                num_chains=num_chains,
+                chain_method=chain_method,
+                progress_bar=progress_bar,
+            )
+            k_init, k_run = jax.random.split(key)
+            init = {"z": 0.1 * jax.random.normal(k_init, (num_chains, prior.dim))}
+            if noise.calibration_cv > 0:
+                n_scans = len(observed.scan_times)
+                init["log_calibration"] = jnp.zeros((num_chains, n_scans))
+            if num_chains == 1:
+                init = {k: v[0] for k, v in init.items()}
+            mcmc.run(k_run, init_params=init, extra_fields=("diverging", "energy", "num_steps"))
+            samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+            extra = mcmc.get_extra_fields(group_by_chain=True)
+            stats = {
+                "diverging": np.asarray(extra["diverging"]),
+                "energy": np.asarray(extra["energy"]),
+                "tree_depth": np.log2(np.asarray(extra["num_steps"]) + 1).astype(int),
+            }
+            diagnostics = diagnose(samples, stats, names=(*prior.names,), max_tree_depth=10)
+        else:
+            samples, losses = _optimise(
+                traces, method, guide, prior, svi_steps, learning_rate, num_samples, key
+            )
+            stats, diagnostics = {}, None
     elapsed = time.perf_counter() - t0
     provenance = _provenance(template, observed, seed, method, elapsed, traces.count)
     return Posterior(
