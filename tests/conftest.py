@@ -55,3 +55,71 @@ def linear_template_path(tmp_path_factory):
     p = tmp_path_factory.mktemp("templates") / "test_linear.yaml"
     p.write_text(yaml.safe_dump(LINEAR_TEMPLATE))
     return p
+
+
+# A small NONLINEAR template (receptor binding with finite capacity: the stiff Kvaerno5 path of the
+# PBPK templates, at a size that samples in seconds).
+BINDING_TEMPLATE = {
+    "schema": "twinjax.template/1",
+    "name": "test_binding",
+    "title": "two saturable organs, test model",
+    "kind": "compartmental",
+    "nuclide": "Lu-177",
+    "references": {"test": "synthetic test model"},
+    "model": {
+        "kind": "compartmental",
+        "compartments": [
+            "blood",
+            "kidneys_free",
+            "kidneys_bound",
+            "tumour_free",
+            "tumour_bound",
+            "urine",
+        ],
+        "dose": "blood",
+        "excreta": ["urine"],
+        "transfers": [
+            {"from": "blood", "to": "kidneys_free", "rate": "0.5"},
+            {"from": "kidneys_free", "to": "blood", "rate": "2.0"},
+            {"from": "blood", "to": "tumour_free", "rate": "0.2"},
+            {"from": "tumour_free", "to": "blood", "rate": "1.0"},
+            {"from": "kidneys_bound", "to": "kidneys_free", "rate": "k_rel"},
+            {"from": "tumour_bound", "to": "tumour_free", "rate": "0.005"},
+            {"from": "blood", "to": "urine", "rate": "CL / 5.0"},
+        ],
+        "bindings": [
+            {
+                "free": "kidneys_free",
+                "bound": "kidneys_bound",
+                "k_on": 0.5,
+                "capacity": "R_kidneys",
+                "volume": 0.1,
+            },
+            {
+                "free": "tumour_free",
+                "bound": "tumour_bound",
+                "k_on": 0.5,
+                "capacity": "R_tumour",
+                "volume": 0.05,
+            },
+        ],
+        "groups": {
+            "kidneys": ["kidneys_free", "kidneys_bound"],
+            "tumour": ["tumour_free", "tumour_bound"],
+            "whole_body": ["blood", "kidneys_free", "kidneys_bound", "tumour_free", "tumour_bound"],
+        },
+    },
+    "parameters": {
+        "CL": {"value": 4.0, "unit": "L/h", "cv": 0.3, "source": "test"},
+        "R_kidneys": {"value": 20.0, "unit": "nmol", "cv": 0.4, "source": "test"},
+        "R_tumour": {"value": 10.0, "unit": "nmol", "cv": 0.5, "source": "test"},
+        "k_rel": {"value": 0.02, "unit": "1/h", "source": "test"},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def binding_template_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("templates") / "test_binding.yaml"
+    p.write_text(yaml.safe_dump(BINDING_TEMPLATE))
+    return p

@@ -14,14 +14,18 @@ Engines:
   parameters, where forward mode is cheapest. Chains start at the prior median (z = 0) with a
   small jitter, not NumPyro's default uniform(-2, 2), which strands chains on the steep ridges of
   the likelihood. Chains run in parallel when JAX has at least as many devices as chains (on CPU
-  call `numpyro.set_host_device_count(n)` before any JAX computation), else sequentially.
+  call `numpyro.set_host_device_count(n)` before any JAX computation), else sequentially
+  (``chain_method="auto"``). Parallel chains are one compiled program per device, run
+  concurrently (`twinjax.inference._chains.on_devices`), not NumPyro's ``pmap``, under which the
+  implicit (Kvaerno5) solves of the receptor models fail on JAX 0.10.
 - ``"svi"`` — stochastic variational inference with a mean-field (``guide="normal"``), full-rank
   (``"mvn"``) or low-rank (``"lowrank"``) Gaussian guide and an Optax Adam optimiser.
 - ``"map"`` — the posterior mode (a point-mass guide optimised with Adam).
 - ``"laplace"`` — a Gaussian at the mode with the inverse Hessian as covariance.
 
-SVI, MAP and Laplace differentiate in reverse mode (Diffrax's checkpointed adjoint; the Laplace
-Hessian uses the direct adjoint, which supports forward-over-reverse).
+MAP and Laplace find the mode with BFGS on forward-mode gradients and polish it with exact Newton
+steps (see `_laplace`); the Laplace covariance is the inverse of the forward-over-forward Hessian.
+SVI differentiates in reverse mode (Diffrax's checkpointed adjoint).
 """
 
 from __future__ import annotations
@@ -39,16 +43,29 @@ import numpy as np
 import numpyro
 import optax
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, autoguide
+from numpyro.infer.util import log_density
 
 from .._errors import InputError
 from ..imaging.observe import LognormalError
 from ..models.library import Template
 from ..schedule import Schedule
+from ._chains import on_devices
+from ._laplace import LatentSpace, find_mode
 from .diagnostics import Diagnostics, diagnose
 from .model import Observed, calibration_model
 from .priors import PopulationPrior
 
 __all__ = ["Posterior", "fit"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitContext:
+    """The inputs of a fit other than the data: what a refit on more data needs."""
+
+    template: Template
+    patient: object
+    noise: LognormalError
+    options: dict
 
 
 @dataclasses.dataclass
@@ -66,6 +83,20 @@ class Posterior:
     provenance: dict
     prior: PopulationPrior = dataclasses.field(repr=False)
     losses: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    #: Laplace/MAP: ``{"mean", "cov", "sites"}`` in the flat latent space (cov None for MAP).
+    gaussian: dict | None = dataclasses.field(default=None, repr=False)
+    #: NUTS: the adapted ``{"step_size", "inverse_mass_matrix", "sites"}`` (for warm starts).
+    adaptation: dict | None = dataclasses.field(default=None, repr=False)
+    #: What produced it (template, patient, noise, fit options): what `assimilate` refits with.
+    context: FitContext | None = dataclasses.field(default=None, repr=False)
+    #: Approximation error of a fast sequential update (see `twinjax.inference.assimilate`).
+    approximation: dict | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def latent_draws(self) -> np.ndarray:
+        """All draws in the flat latent layout (`sites` of `gaussian`/`adaptation`): (n, size)."""
+        space = latent_space(self.prior, self.observed, self.context.noise)
+        return np.asarray(space.flatten({k: self.draws(k) for k, _ in space.sites}, 1))
 
     def draws(self, name: str) -> np.ndarray:
         """All draws of `name`, chains concatenated."""
@@ -157,10 +188,12 @@ def fit(
     learning_rate: float = 0.02,
     guide: Literal["normal", "mvn", "lowrank"] = "normal",
     dense_mass: bool = True,
+    chain_method: Literal["auto", "parallel", "sequential", "vectorized"] = "auto",
     seed: int = 0,
     progress_bar: bool = False,
     rtol: float = 1e-6,
     atol: float = 1e-9,
+    warm_start: dict | None = None,
 ) -> Posterior:
     """Personalise `template` to one patient from time-activity data (see module docs).
 
@@ -172,8 +205,11 @@ def fit(
     - `noise`: the observation model (per-region CVs, calibration CV, detection limit).
     - `names`, `cv`: parameters to infer and CVs of their priors (default: the template's
       varying parameters and CVs).
-    - MCMC: `num_chains`, `num_warmup`, `num_samples`; SVI/MAP: `svi_steps`, `learning_rate`,
+    - MCMC: `num_chains`, `num_warmup`, `num_samples`, `dense_mass`, `chain_method`
+      (``"auto"``: parallel when there are enough devices, else sequential); SVI/MAP: `svi_steps`, `learning_rate`,
       `guide`; `seed` for reproducibility; `rtol`, `atol` of the ODE solver.
+    - `warm_start` (NUTS): ``{"u": (num_chains, size) initial positions in the flat latent
+      layout, "step_size", "inverse_mass_matrix"}``, as `assimilate` passes it.
 
     **Returns:** a [`Posterior`][].
     """
@@ -192,51 +228,61 @@ def fit(
             raise InputError(f"{field} = {v!r}; allowed: an integer >= {lo}")
     observed = data if isinstance(data, Observed) else Observed.from_data(data)
     prior = PopulationPrior.from_template(template, patient.covariates, names=names, cv=cv)
-    adjoint = {"nuts": "forward", "svi": "reverse", "map": "reverse", "laplace": "direct"}[method]
+    adjoint = "reverse" if method == "svi" else "forward"
     model = calibration_model(
         template, prior, schedule, observed, noise, adjoint=adjoint, rtol=rtol, atol=atol
     )
+    space = latent_space(prior, observed, noise)
     traces = _TraceCounter(model)
+    stats, diagnostics, losses, gaussian, adaptation = {}, None, None, None, None
     # NumPyro's samplers mix integer and float arrays internally: run them under JAX's standard
     # type promotion even where a user (or a test suite) has made promotion strict.
     with jax.numpy_dtype_promotion("standard"):
         key = jax.random.key(seed)
         t0 = time.perf_counter()
-        losses = None
         if method == "nuts":
-            kernel = NUTS(traces, forward_mode_differentiation=True, dense_mass=dense_mass)
-            chain_method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
-            mcmc = MCMC(
-                kernel,
-                num_warmup=num_warmup,
-                num_samples=num_samples,
-                num_chains=num_chains,
-                chain_method=chain_method,
-                progress_bar=progress_bar,
+            samples, stats, adaptation = _nuts(
+                traces,
+                space,
+                key,
+                num_chains,
+                num_warmup,
+                num_samples,
+                dense_mass,
+                chain_method,
+                progress_bar,
+                warm_start,
             )
-            k_init, k_run = jax.random.split(key)
-            init = {"z": 0.1 * jax.random.normal(k_init, (num_chains, prior.dim))}
-            if noise.calibration_cv > 0:
-                n_scans = len(observed.scan_times)
-                init["log_calibration"] = jnp.zeros((num_chains, n_scans))
-            if num_chains == 1:
-                init = {k: v[0] for k, v in init.items()}
-            mcmc.run(k_run, init_params=init, extra_fields=("diverging", "energy", "num_steps"))
-            samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-            extra = mcmc.get_extra_fields(group_by_chain=True)
-            stats = {
-                "diverging": np.asarray(extra["diverging"]),
-                "energy": np.asarray(extra["energy"]),
-                "tree_depth": np.log2(np.asarray(extra["num_steps"]) + 1).astype(int),
-            }
             diagnostics = diagnose(samples, stats, names=(*prior.names,), max_tree_depth=10)
-        else:
+        elif method == "svi":
             samples, losses = _optimise(
-                traces, method, guide, prior, svi_steps, learning_rate, num_samples, key
+                traces, method, guide, svi_steps, learning_rate, num_samples, key, space
             )
-            stats, diagnostics = {}, None
+        else:
+            samples, gaussian = _mode(traces, method, num_samples, key, space)
     elapsed = time.perf_counter() - t0
     provenance = _provenance(template, observed, seed, method, elapsed, traces.count)
+    context = FitContext(
+        template,
+        patient,
+        noise,
+        dict(
+            method=method,
+            names=prior.names,
+            cv=cv,
+            num_chains=num_chains,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            svi_steps=svi_steps,
+            learning_rate=learning_rate,
+            guide=guide,
+            dense_mass=dense_mass,
+            chain_method=chain_method,
+            seed=seed,
+            rtol=rtol,
+            atol=atol,
+        ),
+    )
     return Posterior(
         method,
         template.name,
@@ -248,7 +294,104 @@ def fit(
         provenance,
         prior,
         losses,
+        gaussian,
+        adaptation,
+        context,
     )
+
+
+def latent_space(prior: PopulationPrior, observed: Observed, noise) -> LatentSpace:
+    """Layout of the latent sites of `calibration_model` for this prior, data and noise."""
+    sites = {"z": np.zeros(prior.dim)}
+    if noise.calibration_cv > 0:
+        sites["log_calibration"] = np.zeros(len(observed.scan_times))
+    return LatentSpace.of(sites)
+
+
+def _nuts(
+    model,
+    space,
+    key,
+    num_chains,
+    num_warmup,
+    num_samples,
+    dense_mass,
+    chain_method,
+    progress_bar,
+    warm,
+):
+    """NUTS with chains started near the prior median, or warm-started from `warm`
+    (``{"u": (chains, size) positions, "step_size", "inverse_mass_matrix"}``)."""
+    kw = {}
+    k_init, k_run = jax.random.split(key)
+    if warm is None:
+        # Jitter the parameters only: the calibration factors start at 1 (their prior median).
+        u0 = jnp.zeros((num_chains, space.size))
+        z = space.slices()["z"]
+        u0 = u0.at[:, z].set(0.1 * jax.random.normal(k_init, (num_chains, z.stop - z.start)))
+    else:
+        u0 = jnp.asarray(warm["u"])
+        kw = {"step_size": float(warm["step_size"])}
+        imm = np.asarray(warm["inverse_mass_matrix"])
+        block = jnp.asarray(imm if dense_mass else np.diag(imm))
+        kw["inverse_mass_matrix"] = {tuple(n for n, _ in space.sites): block}
+    kernel = NUTS(model, forward_mode_differentiation=True, dense_mass=dense_mass, **kw)
+    cm = _chain_method(chain_method, num_chains)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method=cm,
+        progress_bar=progress_bar and not callable(cm),
+    )
+    init = space.unflatten(u0)
+    if num_chains == 1:
+        init = {k: v[0] for k, v in init.items()}
+    mcmc.run(k_run, init_params=init, extra_fields=("diverging", "energy", "num_steps"))
+    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    stats = {
+        "diverging": np.asarray(extra["diverging"]),
+        "energy": np.asarray(extra["energy"]),
+        "tree_depth": np.log2(np.asarray(extra["num_steps"]) + 1).astype(int),
+    }
+    # What a warm start of the next fit needs: the adapted step size and (inverse) mass matrix,
+    # averaged over chains, in the flat latent layout.
+    adapt = mcmc.last_state.adapt_state
+    step = np.asarray(adapt.step_size).reshape(-1)
+    imm = adapt.inverse_mass_matrix
+    if isinstance(imm, dict):  # {tuple of site names: block}; one block over all sites here
+        (key_sites, imm), *rest = imm.items()
+        assert not rest and list(key_sites) == [n for n, _ in space.sites], key_sites
+    imm = np.asarray(imm)
+    imm = imm.reshape((-1, *imm.shape[-(2 if dense_mass else 1) :])).mean(axis=0)
+    if not dense_mass:
+        imm = np.diag(imm)
+    adaptation = {
+        "step_size": float(np.exp(np.mean(np.log(step)))),
+        "inverse_mass_matrix": imm,
+        "sites": space.sites,
+    }
+    return samples, stats, adaptation
+
+
+def _chain_method(kind: str, num_chains: int):
+    if kind not in ("auto", "parallel", "sequential", "vectorized"):
+        raise InputError(
+            f"chain_method = {kind!r}; allowed: 'auto', 'parallel', 'sequential', 'vectorized'"
+        )
+    enough = jax.local_device_count() >= num_chains
+    if kind == "parallel" and not enough:
+        raise InputError(
+            f"chain_method = 'parallel' with num_chains = {num_chains} needs as many devices; JAX "
+            f"has {jax.local_device_count()} (on CPU call numpyro.set_host_device_count("
+            f"{num_chains}) before JAX starts)"
+        )
+    if kind == "auto":
+        kind = "parallel" if enough and num_chains > 1 else "sequential"
+    # Not NumPyro's "parallel" (pmap): under pmap the implicit ODE solvers fail (see _chains.py).
+    return on_devices if kind == "parallel" else kind
 
 
 class _TraceCounter:
@@ -263,33 +406,52 @@ class _TraceCounter:
         return self.model(*args, **kwargs)
 
 
-def _optimise(model, method, guide_kind, prior, steps, lr, num_samples, key):
-    init = numpyro.infer.init_to_value(values={"z": jnp.zeros(prior.dim)})
-    if method == "map":
-        guide = autoguide.AutoDelta(model, init_loc_fn=init)
-    elif method == "laplace":
-        guide = autoguide.AutoLaplaceApproximation(model, init_loc_fn=init)
-    else:
-        cls = {
-            "normal": autoguide.AutoNormal,
-            "mvn": autoguide.AutoMultivariateNormal,
-            "lowrank": autoguide.AutoLowRankMultivariateNormal,
-        }
-        if guide_kind not in cls:
-            raise InputError(f"guide = {guide_kind!r}; allowed: {sorted(cls)}")
-        guide = cls[guide_kind](model, init_loc_fn=init, **({"init_scale": 0.1}))
+def _optimise(model, method, guide_kind, steps, lr, num_samples, key, space):
+    init = numpyro.infer.init_to_value(values=space.unflatten(jnp.zeros(space.size)))
+    cls = {
+        "normal": autoguide.AutoNormal,
+        "mvn": autoguide.AutoMultivariateNormal,
+        "lowrank": autoguide.AutoLowRankMultivariateNormal,
+    }
+    if guide_kind not in cls:
+        raise InputError(f"guide = {guide_kind!r}; allowed: {sorted(cls)}")
+    guide = cls[guide_kind](model, init_loc_fn=init, init_scale=0.1)
     optim = numpyro.optim.optax_to_numpyro(optax.adam(lr))
     svi = SVI(model, guide, optim, Trace_ELBO())
     k_run, k_draw = jax.random.split(key)
     result = svi.run(k_run, steps, progress_bar=False)
-    n = 1 if method == "map" else num_samples
-    # sample_posterior, not the guide's forward pass: the Laplace guide is a point mass during
-    # optimisation and only becomes a Gaussian (with the inverse Hessian) when sampled here.
-    latent = guide.sample_posterior(k_draw, result.params, sample_shape=(n,))
+    latent = guide.sample_posterior(k_draw, result.params, sample_shape=(num_samples,))
+    return _with_deterministics(model, latent, k_draw), np.asarray(result.losses)
+
+
+def _mode(model, method, num_samples, key, space, prior_gaussian=None):
+    """MAP or Laplace in the flat latent space (see `_laplace`). Returns samples and the
+    Gaussian ``{"mean", "cov", "sites"}`` (covariance ``None`` for MAP)."""
+
+    def potential(u):
+        lp, _ = log_density(model, (), {}, space.unflatten(u))
+        if prior_gaussian is not None:
+            lp = lp + prior_gaussian(u)
+        return -lp
+
+    start = jnp.zeros(space.size)
+    mode, h = find_mode(potential, start)
+    if method == "map":
+        u, cov = mode[None], None
+    else:
+        cov = np.linalg.inv(h)
+        cov = 0.5 * (cov + cov.T)
+        eps = np.asarray(jax.random.normal(key, (num_samples, space.size)))
+        u = mode + eps @ np.linalg.cholesky(cov).T
+    latent = space.unflatten(jnp.asarray(u))
+    gaussian = {"mean": mode, "cov": cov, "sites": space.sites}
+    return _with_deterministics(model, latent, jax.random.fold_in(key, 1)), gaussian
+
+
+def _with_deterministics(model, latent, key):
     predictive = numpyro.infer.Predictive(model, posterior_samples=latent)
-    draws = {**predictive(jax.random.fold_in(k_draw, 1)), **latent}
-    samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "data"}
-    return samples, np.asarray(result.losses)
+    draws = {**predictive(key), **latent}
+    return {k: np.asarray(v)[None] for k, v in draws.items() if k != "data"}
 
 
 def _provenance(template: Template, observed: Observed, seed, method, elapsed, traces) -> dict:

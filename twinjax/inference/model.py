@@ -102,8 +102,12 @@ def calibration_model(
     atol: float = 1e-9,
     max_steps: int = 8192,
 ):
-    """Build the NumPyro model function (no arguments) of one patient; see module docs.
+    """Build the NumPyro model function of one patient; see module docs.
 
+    The function takes one optional argument, `activity_MBq`: measured values in the row order
+    of `observed` (default: `observed.activity_MBq`). Passing data as an argument lets one
+    compiled log density serve many data sets of the same design (simulation-based calibration,
+    cohorts, sequential updates with ``jit_model_args=True``).
     `rois` are the regions whose TIA is recorded (default: the observed ones).
     """
     model = template.model
@@ -119,15 +123,15 @@ def calibration_model(
         template.roi(roi)  # unknown regions fail here, before any tracing
         noise.sigma(roi)
         sel = np.array([r == roi for r in observed.roi])
-        rows[roi] = (
-            np.array([index[t] for t in observed.time_h[sel]]),
-            jnp.asarray(observed.activity_MBq[sel]),
-        )
+        rows[roi] = (np.array([index[t] for t in observed.time_h[sel]]), np.flatnonzero(sel))
     tia_rois = tuple(rois) if rois is not None else observed.rois
     n_scans = len(times)
     sigma_cal = float(lognormal_sigma(noise.calibration_cv)) if noise.calibration_cv > 0 else 0.0
 
-    def numpyro_model():
+    default_y = jnp.asarray(observed.activity_MBq)
+
+    def numpyro_model(activity_MBq=None):
+        y_all = default_y if activity_MBq is None else activity_MBq
         z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([prior.dim]).to_event(1))
         theta = prior.theta(z)
         for name, value in theta.items():
@@ -152,7 +156,8 @@ def calibration_model(
         else:
             cal = jnp.ones(n_scans)
         ll = 0.0
-        for roi, (idx, y) in rows.items():
+        for roi, (idx, sel) in rows.items():
+            y = y_all[sel]
             pred = sum(traj.activity(g) for g in template.roi(roi))
             ll = ll + noise.log_likelihood(roi, y, pred[idx], calibration=cal[idx])
         ok = traj.success & jnp.isfinite(ll)
