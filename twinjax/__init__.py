@@ -26,6 +26,7 @@ from .imaging.observe import PoissonCounts as PoissonCounts
 from .inference import Observed as Observed
 from .inference import PopulationPrior as PopulationPrior
 from .inference import Posterior as Posterior
+from .inference import assimilate as assimilate
 from .inference import fit as fit
 from .models import CompartmentalModel as CompartmentalModel
 from .models import Trajectory as Trajectory

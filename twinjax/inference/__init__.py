@@ -6,3 +6,5 @@ from .fit import fit as fit
 from .model import Observed as Observed
 from .model import calibration_model as calibration_model
 from .priors import PopulationPrior as PopulationPrior
+from .sequential import assimilate as assimilate
+from .sequential import gaussian_update as gaussian_update

@@ -208,8 +208,9 @@ def fit(
     - MCMC: `num_chains`, `num_warmup`, `num_samples`, `dense_mass`, `chain_method`
       (``"auto"``: parallel when there are enough devices, else sequential); SVI/MAP: `svi_steps`, `learning_rate`,
       `guide`; `seed` for reproducibility; `rtol`, `atol` of the ODE solver.
-    - `warm_start` (NUTS): ``{"u": (num_chains, size) initial positions in the flat latent
-      layout, "step_size", "inverse_mass_matrix"}``, as `assimilate` passes it.
+    - `warm_start`: ``{"u": (num_chains, size) initial positions in the flat latent layout,
+      "step_size", "inverse_mass_matrix"}`` (NUTS), or ``{"u": (1, size)}``, the optimiser's
+      start (MAP, Laplace), as `assimilate` passes it.
 
     **Returns:** a [`Posterior`][].
     """
@@ -259,7 +260,8 @@ def fit(
                 traces, method, guide, svi_steps, learning_rate, num_samples, key, space
             )
         else:
-            samples, gaussian = _mode(traces, method, num_samples, key, space)
+            start = None if warm_start is None else np.asarray(warm_start["u"])[0]
+            samples, gaussian = _mode(traces, method, num_samples, key, space, start)
     elapsed = time.perf_counter() - t0
     provenance = _provenance(template, observed, seed, method, elapsed, traces.count)
     context = FitContext(
@@ -424,18 +426,15 @@ def _optimise(model, method, guide_kind, steps, lr, num_samples, key, space):
     return _with_deterministics(model, latent, k_draw), np.asarray(result.losses)
 
 
-def _mode(model, method, num_samples, key, space, prior_gaussian=None):
+def _mode(model, method, num_samples, key, space, start=None):
     """MAP or Laplace in the flat latent space (see `_laplace`). Returns samples and the
     Gaussian ``{"mean", "cov", "sites"}`` (covariance ``None`` for MAP)."""
 
     def potential(u):
         lp, _ = log_density(model, (), {}, space.unflatten(u))
-        if prior_gaussian is not None:
-            lp = lp + prior_gaussian(u)
         return -lp
 
-    start = jnp.zeros(space.size)
-    mode, h = find_mode(potential, start)
+    mode, h = find_mode(potential, np.zeros(space.size) if start is None else start)
     if method == "map":
         u, cov = mode[None], None
     else:

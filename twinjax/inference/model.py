@@ -26,6 +26,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from .._errors import InputError
+from ..imaging.io import _order_problems
 from ..imaging.observe import LognormalError, lognormal_sigma
 from ..models._simulate import simulate
 from ..models.library import Template
@@ -73,6 +74,11 @@ class Observed:
                 f"activity_MBq[{i}] = {self.activity_MBq[i]} ({self.roi[i]} at "
                 f"{self.time_h[i]} h); allowed: finite activities >= 0 MBq"
             )
+        problems = _order_problems(
+            self.roi, self.time_h, [f"row {i}" for i in range(n)], "sort the rows by time"
+        )
+        if problems:
+            raise InputError("observed data: " + "; ".join(problems[:5]))
 
     @property
     def rois(self) -> tuple[str, ...]:
@@ -117,6 +123,16 @@ def calibration_model(
             f"a scan at {times[0]} h precedes the first administration at "
             f"{float(schedule.time_h[0])} h"
         )
+    t_admin = np.asarray(schedule.time_h, dtype=float)
+    a_admin = np.asarray(schedule.activity_MBq, dtype=float)
+    for t, a, roi in zip(observed.time_h, observed.activity_MBq, observed.roi, strict=True):
+        given = float(a_admin[t_admin <= t].sum())
+        if a > 1.05 * given:
+            raise InputError(
+                f"activity_MBq = {a:g} ({roi} at {t:g} h) exceeds the {given:g} MBq administered "
+                "up to then; allowed: at most the administered activity (+5 % margin); check "
+                "the units (MBq, not kBq or Bq)"
+            )
     index = {t: i for i, t in enumerate(times)}
     rows = {}
     for roi in observed.rois:
