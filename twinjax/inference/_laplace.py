@@ -28,7 +28,7 @@ import scipy.optimize
 
 from .._errors import SolverError
 
-__all__ = ["LatentSpace", "find_mode", "hessian"]
+__all__ = ["LatentSpace", "ModeFinder", "find_mode", "hessian"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,23 +72,35 @@ class LatentSpace:
 
 
 def _value_and_grad(potential: Callable):
-    def both(u):
-        v = potential(u)
+    def both(u, *args):
+        v = potential(u, *args)
         return v, v
 
     grad_and_value = jax.jacfwd(both, has_aux=True)
 
     @jax.jit
-    def vg(u):
-        g, v = grad_and_value(u)
+    def vg(u, *args):
+        g, v = grad_and_value(u, *args)
         return v, g
 
     return vg
 
 
 def hessian(potential: Callable) -> Callable:
-    """Compiled Hessian of `potential` (forward over forward)."""
+    """Compiled Hessian of `potential` in its first argument (forward over forward)."""
     return jax.jit(jax.jacfwd(jax.jacfwd(potential)))
+
+
+class ModeFinder:
+    """[`find_mode`][] with the compiled gradient and Hessian kept: ``ModeFinder(potential)``
+    then ``.run(u0, *args)`` for many data sets `args` of the same shapes (one compile)."""
+
+    def __init__(self, potential: Callable):
+        self.vg = _value_and_grad(potential)
+        self.hess = hessian(potential)
+
+    def run(self, u0, *args, max_iter=1000, newton_steps=8, what="posterior"):
+        return _find_mode(self.vg, self.hess, u0, args, max_iter, newton_steps, what)
 
 
 def find_mode(
@@ -105,11 +117,12 @@ def find_mode(
     finite mode is found or the Hessian there is not positive definite (then the posterior has
     no Gaussian approximation at that point: use NUTS).
     """
-    vg = _value_and_grad(potential)
-    hess = hessian(potential)
+    return ModeFinder(potential).run(u0, max_iter=max_iter, newton_steps=newton_steps, what=what)
 
+
+def _find_mode(vg, hess, u0, args, max_iter, newton_steps, what):
     def fun(u):
-        v, g = vg(jnp.asarray(u))
+        v, g = vg(jnp.asarray(u), *args)
         v, g = float(v), np.asarray(g)
         if not (np.isfinite(v) and np.all(np.isfinite(g))):
             return np.inf, np.zeros_like(g)
@@ -127,7 +140,7 @@ def find_mode(
     u = res.x
     value = fun(u)[0]
     # Newton polish with the exact Hessian and a backtracking line search.
-    h = np.asarray(hess(jnp.asarray(u)))
+    h = np.asarray(hess(jnp.asarray(u), *args))
     for _ in range(newton_steps):
         g = fun(u)[1]
         try:
@@ -146,7 +159,7 @@ def find_mode(
         else:
             break
         u, value = cand, vc
-        h = np.asarray(hess(jnp.asarray(u)))
+        h = np.asarray(hess(jnp.asarray(u), *args))
         if np.max(np.abs(t * step)) < 1e-12 * (1.0 + np.max(np.abs(u))):
             break
     h = 0.5 * (h + h.T)
