@@ -125,33 +125,18 @@ def interval_coverage(
         template, prior, patient.schedule, design, noise, rois=rois, rtol=rtol, atol=atol
     )
     space = latent_space(prior, design, noise)
-    scan_index = np.searchsorted(design.scan_times, design.time_h)
     groups = {r: template.roi(r) for r in {*design.roi, *rois}}
     key = jax.random.key(seed)
     sim_noise = noise if true_noise is None else true_noise
 
-    def truth_and_data(k):
-        kz, kc, kn = jax.random.split(k, 3)
-        z = jax.random.normal(kz, (prior.dim,))
-        params = template.derive({**prior.base, **prior.theta(z)})
-        tr = simulate(
-            template.model, params, patient.schedule, design.scan_times, rtol=rtol, atol=atol
-        )
-        cal = jnp.exp(
-            lognormal_sigma(sim_noise.calibration_cv)
-            * jax.random.normal(kc, (len(design.scan_times),))
-        )
-        y = []
-        for i, (roi, s) in enumerate(zip(design.roi, scan_index, strict=True)):
-            mu = sum(tr.activity(g)[s] for g in groups[roi])
-            y.append(sim_noise.sample(jax.random.fold_in(kn, i), roi, mu, calibration=cal[s]))
-        tia = {r: sum(tr.tia(g) for g in groups[r]) for r in rois}
-        return jnp.stack(y), tia
+    truth_and_data = virtual_patients(
+        template, prior, patient.schedule, design, sim_noise, rois, rtol, atol
+    )
 
     with jax.numpy_dtype_promotion("standard"):
         keys = jax.random.split(key, n_patients + 1)
         # lax.map, not vmap: XLA's CPU runtime has been seen to hang on large vmapped graphs.
-        ys, tias = jax.jit(lambda ks: jax.lax.map(truth_and_data, ks))(keys[1:])
+        ys, tias, _ = truth_and_data(keys[1:])
         ys, truth = np.asarray(ys), {r: np.asarray(v) for r, v in tias.items()}
         lower = {r: np.full(n_patients, np.nan) for r in rois}
         upper = {r: np.full(n_patients, np.nan) for r in rois}
@@ -172,6 +157,31 @@ def interval_coverage(
             if progress:
                 print(f"patient {i + 1}/{n_patients}", flush=True)
     return CoverageResult(level, band_level, truth, lower, upper, failed)
+
+
+def virtual_patients(template, prior, schedule, design, noise, rois, rtol, atol):
+    """Compiled function: keys (n,) -> (data (n, rows) in `design`'s row order, true TIA per
+    region (n,), true z (n, dim)). Patients are prior draws; scans get the noise model's errors
+    and per-scan calibration factors."""
+    scan_index = np.searchsorted(design.scan_times, design.time_h)
+    groups = {r: template.roi(r) for r in {*design.roi, *rois}}
+    sigma_cal = lognormal_sigma(noise.calibration_cv)
+
+    def one(k):
+        kz, kc, kn = jax.random.split(k, 3)
+        z = jax.random.normal(kz, (prior.dim,))
+        params = template.derive({**prior.base, **prior.theta(z)})
+        tr = simulate(template.model, params, schedule, design.scan_times, rtol=rtol, atol=atol)
+        cal = jnp.exp(sigma_cal * jax.random.normal(kc, (len(design.scan_times),)))
+        y = []
+        for i, (roi, s) in enumerate(zip(design.roi, scan_index, strict=True)):
+            mu = sum(tr.activity(g)[s] for g in groups[roi])
+            y.append(noise.sample(jax.random.fold_in(kn, i), roi, mu, calibration=cal[s]))
+        tia = {r: sum(tr.tia(g) for g in groups[r]) for r in rois}
+        return jnp.stack(y), tia, z
+
+    # lax.map, not vmap: XLA's CPU runtime has been seen to hang on large vmapped graphs.
+    return jax.jit(lambda keys: jax.lax.map(one, keys))
 
 
 def _laplace_engine(model, space, num_samples, num_warmup):
