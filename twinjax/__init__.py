@@ -15,6 +15,7 @@ import jax as _jax
 if _os.environ.get("TWINJAX_X64", "1") != "0":
     _jax.config.update("jax_enable_x64", True)
 
+from . import dosimetry as dosimetry
 from . import models as models
 from . import units as units
 from ._errors import InputError as InputError
@@ -27,6 +28,7 @@ from .inference import Observed as Observed
 from .inference import PopulationPrior as PopulationPrior
 from .inference import Posterior as Posterior
 from .inference import assimilate as assimilate
+from .inference import compare_single_timepoint as compare_single_timepoint
 from .inference import fit as fit
 from .models import CompartmentalModel as CompartmentalModel
 from .models import Trajectory as Trajectory

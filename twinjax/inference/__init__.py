@@ -1,4 +1,5 @@
-"""Bayesian calibration of twins from sparse imaging (NumPyro): priors, model, fit, diagnostics."""
+"""Bayesian calibration of twins from sparse imaging (NumPyro): priors, model, fit, diagnostics,
+sequential assimilation, cohorts, calibration checks, single-time-point comparison."""
 
 from .diagnostics import Diagnostics as Diagnostics
 from .fit import Posterior as Posterior
@@ -8,3 +9,5 @@ from .model import calibration_model as calibration_model
 from .priors import PopulationPrior as PopulationPrior
 from .sequential import assimilate as assimilate
 from .sequential import gaussian_update as gaussian_update
+from .single_timepoint import STPComparison as STPComparison
+from .single_timepoint import compare_single_timepoint as compare_single_timepoint
