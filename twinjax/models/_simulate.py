@@ -293,24 +293,38 @@ def _system_matrix(a, lam):
 def _simulate_linear(model, params, schedule: Schedule, times, lam):
     n = model.n_compartments
     a = model.transfer_matrix(params)
-    k = _system_matrix(a, lam)
+    b_mat = a - lam * jnp.eye(n)  # hot ligand: transfers plus physical decay
     e = jnp.asarray(model.dose_vector())
     y = jnp.zeros((times.shape[0], 3 * n))
-    for i, infusion in enumerate(schedule.is_infusion):
-        b = jnp.concatenate([schedule.hot_nmol[i] * e, schedule.cold_nmol[i] * e, jnp.zeros(n)])
-        tau = times - schedule.time_h[i]
-        if infusion:
+    # Boluses need only the n x n propagator expm(A tau): hot and cold ligand share the kinetics,
+    # so total ligand follows A, hot follows A - lam I (a factor exp(-lam tau)), cold is the
+    # difference, and the cumulated hot activity is (A - lam I)^-1 (hot(tau) - hot(0)).
+    # A 3n x 3n propagator of [hot, cold, cum] costs ~15x more with its forward-mode tangents.
+    bolus = [i for i, inf in enumerate(schedule.is_infusion) if not inf]
+    if bolus:
+        tau = times[:, None] - schedule.time_h[jnp.asarray(bolus)][None, :]  # (T, B)
+        on = tau >= 0
+        tau0 = jnp.maximum(tau, 0.0)
+        hot0 = schedule.hot_nmol[jnp.asarray(bolus)][:, None] * e  # (B, n)
+        all0 = hot0 + schedule.cold_nmol[jnp.asarray(bolus)][:, None] * e
+        prop = jax.vmap(jax.vmap(lambda s: expm(a * s, max_squarings=_MAX_SQUARINGS)))(tau0)
+        total = jnp.einsum("tbij,bj->tbi", prop, all0)
+        hot = jnp.exp(-lam * tau0)[..., None] * jnp.einsum("tbij,bj->tbi", prop, hot0)
+        cum = jnp.linalg.solve(b_mat, (hot - hot0[None]).reshape(-1, n).T).T.reshape(hot.shape)
+        parts = jnp.concatenate([hot, total - hot, cum], axis=-1)
+        y = y + jnp.sum(jnp.where(on[..., None], parts, 0.0), axis=1)
+    infusions = [i for i, inf in enumerate(schedule.is_infusion) if inf]
+    if infusions:
+        k = _system_matrix(a, lam)
+        for i in infusions:
+            b = jnp.concatenate([schedule.hot_nmol[i] * e, schedule.cold_nmol[i] * e, jnp.zeros(n)])
+            tau = times - schedule.time_h[i]
             d = schedule.duration_h[i]
             y = y + _infusion_response(k, b / d, tau) - _infusion_response(k, b / d, tau - d)
-        else:
-            prop = jax.vmap(lambda s: expm(k * s, max_squarings=_MAX_SQUARINGS))(
-                jnp.maximum(tau, 0.0)
-            )
-            y = y + jnp.where((tau >= 0)[:, None], prop @ b, 0.0)
     hot, cold, cum = y[:, :n], y[:, n : 2 * n], y[:, 2 * n :]
     # Exact TIA to infinity: integral of exp((A - lam I) s) over [0, inf) = -(A - lam I)^-1.
     total_dose = jnp.sum(schedule.hot_nmol) * e
-    total_cum = -jnp.linalg.solve(a - lam * jnp.eye(n), total_dose)
+    total_cum = -jnp.linalg.solve(b_mat, total_dose)
     return hot, cold, cum, total_cum, jnp.asarray(True)
 
 
