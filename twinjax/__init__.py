@@ -30,6 +30,7 @@ from .inference import Posterior as Posterior
 from .inference import assimilate as assimilate
 from .inference import compare_single_timepoint as compare_single_timepoint
 from .inference import fit as fit
+from .inference import fit_cohort as fit_cohort
 from .models import CompartmentalModel as CompartmentalModel
 from .models import Trajectory as Trajectory
 from .models import simulate as simulate

@@ -45,10 +45,10 @@ def main(argv=None) -> int:
     tpl = twinjax.load_template(args.template)
     patient = Patient({}, twinjax.Schedule.single(7400.0, ligand_nmol=100.0))
     noise = LognormalError(
-        {"kidneys": 0.10, "salivary": 0.15, "tumour": 0.15, "whole_body": 0.08},
+        {"kidneys": 0.10, "salivary_glands": 0.15, "tumour": 0.15, "whole_body": 0.08},
         calibration_cv=0.05,
     )
-    rois = [r for r in ("kidneys", "salivary", "tumour", "whole_body") if r in tpl.rois]
+    rois = ["kidneys", "salivary_glands", "tumour", "whole_body"]
     rows = [(r, t) for t in (4.0, 24.0, 48.0, 96.0) for r in rois]
     design = Observed(tuple(r for r, _ in rows), np.array([t for _, t in rows]), np.ones(len(rows)))
     t0 = time.perf_counter()

@@ -1,12 +1,16 @@
 """Bayesian calibration of twins from sparse imaging (NumPyro): priors, model, fit, diagnostics,
 sequential assimilation, cohorts, calibration checks, single-time-point comparison."""
 
+from .cohort import CohortPosterior as CohortPosterior
+from .cohort import fit_cohort as fit_cohort
 from .diagnostics import Diagnostics as Diagnostics
 from .fit import Posterior as Posterior
 from .fit import fit as fit
 from .model import Observed as Observed
 from .model import calibration_model as calibration_model
 from .priors import PopulationPrior as PopulationPrior
+from .sbc import SBCResult as SBCResult
+from .sbc import simulation_based_calibration as simulation_based_calibration
 from .sequential import assimilate as assimilate
 from .sequential import gaussian_update as gaussian_update
 from .single_timepoint import STPComparison as STPComparison
