@@ -18,8 +18,6 @@ import dataclasses
 import sys
 import time
 
-import numpy as np
-
 import twinjax
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed
@@ -49,8 +47,7 @@ def main(argv=None) -> int:
         calibration_cv=0.05,
     )
     rois = ["kidneys", "salivary_glands", "tumour", "whole_body"]
-    rows = [(r, t) for t in (4.0, 24.0, 48.0, 96.0) for r in rois]
-    design = Observed(tuple(r for r, _ in rows), np.array([t for _, t in rows]), np.ones(len(rows)))
+    design = Observed.design(rois, (4.0, 24.0, 48.0, 96.0))
     t0 = time.perf_counter()
     res = interval_coverage(
         tpl,

@@ -89,8 +89,7 @@ def main(argv=None) -> int:
     names = None if args.names == "all" else tuple(args.names.split(","))
     patient = Patient({}, twinjax.Schedule.single(7400.0, ligand_nmol=100.0))
     noise = LognormalError(CV, calibration_cv=CALIBRATION_CV)
-    rows = [(r, t) for t in TIMES_H for r in sorted(CV)]
-    design = Observed(tuple(r for r, _ in rows), np.array([t for _, t in rows]), np.ones(len(rows)))
+    design = Observed.design(sorted(CV), TIMES_H)
     args.out.mkdir(parents=True, exist_ok=True)
 
     t_all = time.perf_counter()

@@ -93,8 +93,7 @@ def main(argv=None) -> int:
         calibration_cv=0.05,
     )
     rois = ["kidneys", "salivary_glands", "tumour", "whole_body"]
-    rows = [(r, t) for t in SCANS_H for r in rois]
-    design = Observed(tuple(r for r, _ in rows), np.array([t for _, t in rows]), np.ones(len(rows)))
+    design = Observed.design(rois, SCANS_H)
     prior = PopulationPrior.from_template(tpl, patient.covariates)
     sim = virtual_patients(
         tpl, prior, patient.schedule, design, noise, ("kidneys", "tumour"), args.rtol, 1e-9

@@ -4,7 +4,6 @@ assumes a third of the real measurement noise does not."""
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 import twinjax
@@ -27,8 +26,7 @@ class Patient:
 def design(linear_template_path):
     tpl = twinjax.load_template(linear_template_path)
     patient = Patient({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0))
-    rows = [(r, t) for t in TIMES for r in ("kidneys", "tumour", "whole_body")]
-    obs = Observed(tuple(r for r, _ in rows), np.array([t for _, t in rows]), np.ones(len(rows)))
+    obs = Observed.design(("kidneys", "tumour", "whole_body"), TIMES)
     return tpl, patient, obs
 
 

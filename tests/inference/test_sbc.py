@@ -39,8 +39,7 @@ class Patient:
 def setup(linear_template_path):
     tpl = twinjax.load_template(linear_template_path)
     patient = Patient({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0))
-    rows = [(r, t) for t in TIMES for r in ("kidneys", "tumour", "whole_body")]
-    obs = Observed(tuple(r for r, _ in rows), np.array([t for _, t in rows]), np.ones(len(rows)))
+    obs = Observed.design(("kidneys", "tumour", "whole_body"), TIMES)
     return tpl, patient, obs
 
 

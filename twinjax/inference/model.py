@@ -54,6 +54,14 @@ class Observed:
             tuple(data.roi), np.asarray(data.time_h, float), np.asarray(data.activity_MBq, float)
         )
 
+    @classmethod
+    def design(cls, rois, times_h) -> Observed:
+        """A scan design: every region in `rois` imaged at every time in `times_h` (h), in time
+        order, with placeholder activities of 1 MBq (for simulators and calibration checks that
+        use only the rows' regions and times)."""
+        rows = [(r, float(t)) for t in times_h for r in rois]
+        return cls(tuple(r for r, _ in rows), np.array([t for _, t in rows]), np.ones(len(rows)))
+
     def __post_init__(self) -> None:
         n = len(self.roi)
         if n == 0:
