@@ -48,7 +48,7 @@ from . import _cohort_output
 from ._cohort_model import CohortLayout, cohort_model
 from .diagnostics import Diagnostics, diagnose
 from .fit import _chain_method, _TraceCounter
-from .model import Observed, calibration_model
+from .model import ATOL, RTOL, Observed, calibration_model
 from .priors import PopulationPrior
 
 __all__ = ["CohortPosterior", "fit_cohort"]
@@ -130,8 +130,8 @@ def fit_cohort(
     chain_method: str = "auto",
     seed: int = 0,
     progress_bar: bool = False,
-    rtol: float = 1e-6,
-    atol: float = 1e-9,
+    rtol: float = RTOL,
+    atol: float = ATOL,
     max_steps: int = 8192,
 ) -> CohortPosterior:
     """Learn a population from many patients (see module docs).

@@ -31,7 +31,7 @@ from ..models._simulate import simulate
 from ..models.library import Template
 from ._laplace import ModeFinder
 from .fit import latent_space
-from .model import Observed, calibration_model
+from .model import ATOL, RTOL, Observed, calibration_model
 from .priors import PopulationPrior
 
 __all__ = ["CoverageResult", "interval_coverage"]
@@ -95,8 +95,8 @@ def interval_coverage(
     num_samples: int = 1000,
     num_warmup: int = 500,
     seed: int = 0,
-    rtol: float = 1e-6,
-    atol: float = 1e-9,
+    rtol: float = RTOL,
+    atol: float = ATOL,
     true_noise: LognormalError | None = None,
     progress: bool = False,
 ) -> CoverageResult:

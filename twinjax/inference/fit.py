@@ -25,7 +25,8 @@ Engines:
 
 MAP and Laplace find the mode with BFGS on forward-mode gradients and polish it with exact Newton
 steps (see `_laplace`); the Laplace covariance is the inverse of the forward-over-forward Hessian.
-SVI differentiates in reverse mode (Diffrax's checkpointed adjoint).
+SVI differentiates in reverse mode; the ODE solve inside is still differentiated in forward mode
+(`calibration_model` wraps it in `forward_jacobian`), so no reverse adjoint of the solver is needed.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from ..schedule import Schedule
 from ._chains import on_devices
 from ._laplace import LatentSpace, find_mode
 from .diagnostics import Diagnostics, diagnose
-from .model import Observed, calibration_model
+from .model import ATOL, RTOL, Observed, calibration_model
 from .priors import PopulationPrior
 
 __all__ = ["Posterior", "fit"]
@@ -191,8 +192,8 @@ def fit(
     chain_method: Literal["auto", "parallel", "sequential", "vectorized"] = "auto",
     seed: int = 0,
     progress_bar: bool = False,
-    rtol: float = 1e-6,
-    atol: float = 1e-9,
+    rtol: float = RTOL,
+    atol: float = ATOL,
     warm_start: dict | None = None,
 ) -> Posterior:
     """Personalise `template` to one patient from time-activity data (see module docs).
@@ -229,10 +230,7 @@ def fit(
             raise InputError(f"{field} = {v!r}; allowed: an integer >= {lo}")
     observed = data if isinstance(data, Observed) else Observed.from_data(data)
     prior = PopulationPrior.from_template(template, patient.covariates, names=names, cv=cv)
-    adjoint = "reverse" if method == "svi" else "forward"
-    model = calibration_model(
-        template, prior, schedule, observed, noise, adjoint=adjoint, rtol=rtol, atol=atol
-    )
+    model = calibration_model(template, prior, schedule, observed, noise, rtol=rtol, atol=atol)
     space = latent_space(prior, observed, noise)
     traces = _TraceCounter(model)
     stats, diagnostics, losses, gaussian, adaptation = {}, None, None, None, None

@@ -17,6 +17,7 @@ import numpy as np
 from ..models._simulate import simulate
 from ..models.library import Template
 from ..schedule import Schedule
+from .model import ATOL, RTOL
 
 __all__ = ["credible_band", "predict_activity"]
 
@@ -29,8 +30,8 @@ def predict_activity(
     rois: Sequence[str],
     *,
     max_draws: int = 200,
-    rtol: float = 1e-6,
-    atol: float = 1e-9,
+    rtol: float = RTOL,
+    atol: float = ATOL,
 ) -> dict[str, np.ndarray]:
     """Activity (MBq) of each region at `times_h` for (up to `max_draws`, evenly thinned)
     posterior draws: ``{roi: array (draws, times)}``. Without measurement noise: the twin's

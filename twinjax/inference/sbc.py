@@ -49,7 +49,7 @@ from ..models._simulate import simulate
 from ..models.library import Template
 from ._sbc_result import SBCResult
 from .fit import latent_space
-from .model import Observed, calibration_model
+from .model import ATOL, RTOL, Observed, calibration_model
 from .priors import PopulationPrior
 
 __all__ = ["SBCResult", "simulation_based_calibration"]
@@ -76,8 +76,8 @@ def simulation_based_calibration(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     alpha: float = 0.01,
-    rtol: float = 1e-6,
-    atol: float = 1e-9,
+    rtol: float = RTOL,
+    atol: float = ATOL,
     progress: bool = False,
 ) -> SBCResult:
     """Simulation-based calibration of NUTS on `template` for one design (see module docs).

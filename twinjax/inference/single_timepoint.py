@@ -54,7 +54,7 @@ from ..models._simulate import simulate
 from ..models.library import Template
 from ._laplace import ModeFinder
 from .fit import latent_space
-from .model import Observed, calibration_model
+from .model import ATOL, RTOL, Observed, calibration_model
 from .priors import PopulationPrior
 
 __all__ = ["METHODS", "STPComparison", "compare_single_timepoint"]
@@ -183,8 +183,8 @@ def compare_single_timepoint(
     n_reference: int = 100,
     twin_estimate: Literal["median", "mode"] = "median",
     num_samples: int = 200,
-    rtol: float = 1e-6,
-    atol: float = 1e-9,
+    rtol: float = RTOL,
+    atol: float = ATOL,
     progress: bool = False,
 ) -> STPComparison:
     """Compare single-time-point TIA estimates on a virtual cohort (see module docs).

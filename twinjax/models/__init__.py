@@ -2,6 +2,8 @@
 
 from ._expr import Expr as Expr
 from ._expr import expr as expr
+from ._rosenbrock import Rodas3 as Rodas3
+from ._rosenbrock import Rodas4 as Rodas4
 from ._simulate import Trajectory as Trajectory
 from ._simulate import simulate as simulate
 from .compartmental import Binding as Binding

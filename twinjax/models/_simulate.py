@@ -9,7 +9,12 @@ time):
   (an augmented exponential) for an infusion.
 - **Nonlinear models** (saturable carriers, receptor binding) are integrated with Diffrax. The
   receptor systems are stiff (vascular transit ~1e3/h next to release ~1e-2/h), so the default
-  solver is the L-stable implicit ``Kvaerno5`` with a PID step-size controller. The solve restarts
+  solver is twinjax's L-stable Rosenbrock method ``Rodas4`` (`_rosenbrock.py`: one Jacobian and
+  one LU factorisation per step, no Newton iterations) with a PI step-size controller whose steps
+  land on the output times. Measured on ``psma617_reduced`` against Diffrax's ``Kvaerno5`` (ESDIRK
+  with Newton-chord stages), both against an rtol = 1e-11 reference: at rtol 1e-8 Rodas4 takes
+  230 ms and is within 2e-9 of it, Kvaerno5 359 ms and 6e-9; at rtol 1e-6, 87 vs 142 ms; and a
+  forward-mode gradient over 5 parameters at rtol 1e-4 costs 56 vs 127 ms. The solve restarts
   exactly at every administration (and at the end of every infusion): each piece is one
   ``diffeqsolve`` whose initial state receives the bolus, so no step straddles a dose.
 
@@ -41,6 +46,7 @@ from jaxtyping import Array, Bool, Float
 
 from .._errors import InputError, SolverError
 from ..schedule import Schedule
+from ._rosenbrock import Rodas4
 from .compartmental import CompartmentalModel
 
 __all__ = ["Trajectory", "simulate"]
@@ -177,7 +183,7 @@ def simulate(
     - `times_h`: sorted output times (h, same clock as the schedule); times before the first
       administration give zeros.
     - `rtol`, `atol`: relative and absolute (nmol) tolerances of the adaptive ODE solver.
-    - `solver`: a Diffrax solver for nonlinear models (default ``Kvaerno5()``).
+    - `solver`: a Diffrax solver for nonlinear models (default `twinjax.models.Rodas4()`).
     - `adjoint`: ``"forward"`` (default), ``"reverse"``, ``"direct"`` or a Diffrax adjoint.
     - `max_steps`: step budget per solve. `tail_half_lives`: see module docs.
     - `throw`: raise [`SolverError`][] on solver failure; else flag it in `Trajectory.success`.
@@ -370,13 +376,7 @@ def _simulate_ode(
 
     term = dfx.ODETerm(rhs)
     if solver is None:
-        # Newton (chord) iterations converge to 1/100 of the step tolerance: tighter gains nothing
-        # (the step's own error is the limit) and, measured on the PSMA models, the default
-        # (Newton tolerance = step tolerance) fails often enough to reject ~40 % of the steps.
-        solver = dfx.Kvaerno5(root_finder=dfx.VeryChord(rtol=100 * rtol, atol=100 * atol))
-    # PI control (Hairer & Wanner, Solving ODEs II, IV.2; Soderlind 2002) damps the step-size
-    # oscillations that plain integral control shows on these stiff systems.
-    controller = dfx.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4)
+        solver = Rodas4()
 
     # Pieces between events: (start, end, bolus hot, bolus cold, infusion rate hot, cold).
     n_adm = schedule.n_administrations
@@ -401,6 +401,10 @@ def _simulate_ode(
     for j, (t0, t1, b_hot, b_cold, r_hot, r_cold) in enumerate(pieces):
         y = y + jnp.concatenate([b_hot * e, b_cold * e, jnp.zeros(n)])
         ts = jnp.concatenate([jnp.clip(times, t0, t1), t1[None]])
+        # PI control (Hairer & Wanner, Solving ODEs II, IV.2; Soderlind 2002) damps the step-size
+        # oscillations that plain integral control shows on these stiff systems. Steps land on
+        # the output times, so outputs are step ends, not interpolated.
+        controller = dfx.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4, step_ts=ts)
         sol = dfx.diffeqsolve(
             term,
             solver,
