@@ -1,6 +1,6 @@
-"""Parallel NUTS chains on the stiff (Kvaerno5) path, one compiled program per CPU device.
+"""Parallel NUTS chains on the stiff receptor-binding path, one compiled program per CPU device.
 
-Under NumPyro's pmap-based "parallel" chains the implicit ODE solver fails on JAX 0.10 (see
+Under NumPyro's pmap-based "parallel" chains Lineax-based implicit solvers fail on JAX 0.10 (see
 twinjax/inference/_chains.py); `fit` runs parallel chains with `on_devices` instead. The host
 device count must be set before JAX starts, so the check runs in a subprocess.
 """
