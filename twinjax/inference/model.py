@@ -140,6 +140,9 @@ def forward_jacobian(fn):
             return out, out
 
         jac, out = jax.jacfwd(both, has_aux=True)(x)
+        # A failed solve (NaN outputs) is rejected by the model (-inf); zero its Jacobian so that
+        # reverse mode's J^T (0 cotangent) stays finite instead of 0 * NaN.
+        jac = jax.tree.map(lambda j: jnp.where(jnp.isfinite(j), j, 0.0), jac)
         return out, jax.tree.map(lambda j: j @ dx, jac)
 
     return wrapped
