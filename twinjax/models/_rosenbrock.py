@@ -99,18 +99,17 @@ class _Rosenbrock(dfx.AbstractAdaptiveSolver):
         s = len(self._m)
         ks = []
         for i in range(s):
+            # A stage at the same point as the previous one (same A row and alpha) reuses its
+            # f evaluation (Rodas3's second stage).
+            same_point = i > 0 and np.array_equal(self._a[i], self._a[i - 1])
+            same_point = same_point and self._alpha[i] == self._alpha[i - 1]
             if i == 0:
                 fi = f0
-            else:
+            elif not same_point:
                 yi = flat0 + sum(
                     float(self._a[i, j]) * ks[j] for j in range(i) if self._a[i, j] != 0
                 )
-                reuse = (
-                    i > 0
-                    and np.array_equal(self._a[i], self._a[i - 1])
-                    and (self._alpha[i] == self._alpha[i - 1])
-                )
-                fi = fi if reuse else f(t0 + float(self._alpha[i]) * h, yi)
+                fi = f(t0 + float(self._alpha[i]) * h, yi)
             rhs = fi + sum(
                 (float(self._c[i, j]) / h) * ks[j] for j in range(i) if self._c[i, j] != 0
             )
