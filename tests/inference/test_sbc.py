@@ -7,17 +7,16 @@ is caught in 20 replications (its log-likelihood ranks pile up at 0).
 The verdict is at family-wise level alpha = 0.01 over the Q = 7 quantities (Bonferroni: each
 chi-square p-value must exceed 0.01 / 7), so a correct sampler fails with probability <= 1 %."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 import twinjax
 from twinjax import InputError
+from twinjax.imaging import Patient
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed
 from twinjax.inference._sbc_result import SBCResult, rank_bins
-from twinjax.inference.sbc import simulation_based_calibration
+from twinjax.inference.sbc import SBCRunner, simulation_based_calibration
 
 # No per-scan calibration factor here (it costs 40 % more per replication); validation/sbc.py
 # runs SBC with them on the PSMA model.
@@ -29,16 +28,12 @@ TIMES = (4.0, 24.0, 96.0)
 FAST = dict(num_warmup=50, num_samples=30, thin=3, rtol=1e-5, atol=1e-8, names=NAMES)
 
 
-@dataclasses.dataclass
-class Patient:
-    covariates: dict
-    schedule: twinjax.Schedule
-
-
 @pytest.fixture(scope="module")
 def setup(linear_template_path):
     tpl = twinjax.load_template(linear_template_path)
-    patient = Patient({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0))
+    patient = Patient.virtual(
+        {"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0)
+    )
     obs = Observed.design(("kidneys", "tumour", "whole_body"), TIMES)
     return tpl, patient, obs
 
@@ -122,6 +117,20 @@ def test_chunks_join_and_round_trip(correct):
     assert joined.p_values == pytest.approx(res.p_values)
     with pytest.raises(InputError, match="overlap"):
         SBCResult.concatenate([half[0], half[0]])
+
+
+def test_runner_chunks_reproduce_one_run_and_compile_once(setup, correct):
+    # validation/sbc.py runs long studies in chunks through one SBCRunner: replication i uses
+    # the key fold_in(key(seed), i), so two chunks reproduce replications 0-5 of the 100-run.
+    tpl, patient, obs = setup
+    runner = SBCRunner(tpl, patient, obs, NOISE, **FAST)
+    parts = [runner(n_replications=3, start=0), runner(n_replications=3, start=3)]
+    joined = SBCResult.concatenate(parts)
+    assert joined.replication.tolist() == list(range(6))
+    for q in correct.quantities:
+        np.testing.assert_array_equal(joined.ranks[q], correct.ranks[q][:6])
+        np.testing.assert_allclose(joined.truth[q], correct.truth[q][:6], rtol=1e-12)
+    assert runner._run._cache_size() == 1
 
 
 def test_rank_bins_expect_at_least_five_per_bin():

@@ -52,7 +52,7 @@ from .fit import latent_space
 from .model import ATOL, RTOL, Observed, calibration_model
 from .priors import PopulationPrior
 
-__all__ = ["SBCResult", "simulation_based_calibration"]
+__all__ = ["SBCResult", "SBCRunner", "simulation_based_calibration"]
 
 
 def simulation_based_calibration(
@@ -63,22 +63,8 @@ def simulation_based_calibration(
     *,
     n_replications: int = 100,
     start: int = 0,
-    num_warmup: int = 200,
-    num_samples: int = 200,
-    thin: int = 5,
-    seed: int = 0,
-    names: Sequence[str] | None = None,
-    cv: Mapping[str, float] | None = None,
-    true_noise: LognormalError | None = None,
-    true_prior_shift: Mapping[str, float] | None = None,
-    batch: int = 1,
-    dense_mass: bool = True,
-    target_accept_prob: float = 0.8,
-    max_tree_depth: int = 10,
-    alpha: float = 0.01,
-    rtol: float = RTOL,
-    atol: float = ATOL,
     progress: bool = False,
+    **settings,
 ) -> SBCResult:
     """Simulation-based calibration of NUTS on `template` for one design (see module docs).
 
@@ -99,124 +85,183 @@ def simulation_based_calibration(
     - `alpha`: family-wise level of the uniformity verdict (see `SBCResult`).
     - `rtol`, `atol`: ODE tolerances; `progress`: print one line per batch.
 
+    To run a long study in chunks without compiling again, build an [`SBCRunner`][] once and
+    call it per chunk.
+
     **Returns:** an [`SBCResult`][] with the ranks of every parameter, every design region's TIA
     (``tia_<roi>``) and the data log-likelihood (``log_likelihood``).
     """
-    for field, v, lo in (
-        ("n_replications", n_replications, 1),
-        ("start", start, 0),
-        ("num_warmup", num_warmup, 1),
-        ("num_samples", num_samples, 1),
-        ("thin", thin, 1),
-        ("batch", batch, 1),
-        ("max_tree_depth", max_tree_depth, 1),
+    _check_chunk(n_replications, start)
+    runner = SBCRunner(template, patient, design, noise, **settings)
+    return runner(n_replications=n_replications, start=start, progress=progress)
+
+
+class SBCRunner:
+    """One compiled SBC program for a template, design and settings; calling it runs a chunk of
+    replications (``runner(n_replications=25, start=100)``) without compiling again.
+
+    Arguments as [`simulation_based_calibration`][] except `n_replications`, `start` and
+    `progress`, which are per call."""
+
+    def __init__(
+        self,
+        template: Template,
+        patient,
+        design: Observed,
+        noise: LognormalError,
+        *,
+        num_warmup: int = 200,
+        num_samples: int = 200,
+        thin: int = 5,
+        seed: int = 0,
+        names: Sequence[str] | None = None,
+        cv: Mapping[str, float] | None = None,
+        true_noise: LognormalError | None = None,
+        true_prior_shift: Mapping[str, float] | None = None,
+        batch: int = 1,
+        dense_mass: bool = True,
+        target_accept_prob: float = 0.8,
+        max_tree_depth: int = 10,
+        alpha: float = 0.01,
+        rtol: float = RTOL,
+        atol: float = ATOL,
     ):
+        for field, v, lo in (
+            ("num_warmup", num_warmup, 1),
+            ("num_samples", num_samples, 1),
+            ("thin", thin, 1),
+            ("batch", batch, 1),
+            ("max_tree_depth", max_tree_depth, 1),
+        ):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise InputError(f"{field} = {v!r}; allowed: an integer >= {lo}")
+        if num_samples // thin < 1:
+            raise InputError(f"thin = {thin} exceeds num_samples = {num_samples}; allowed: <= it")
+        if not 0.0 < alpha < 1.0:
+            raise InputError(f"alpha = {alpha!r}; allowed: a family-wise level in (0, 1)")
+        if not 0.0 < target_accept_prob < 1.0:
+            raise InputError(f"target_accept_prob = {target_accept_prob!r}; allowed: in (0, 1)")
+        prior = PopulationPrior.from_template(template, patient.covariates, names=names, cv=cv)
+        shift = np.zeros(prior.dim)
+        for name, value in (true_prior_shift or {}).items():
+            if name not in prior.names:
+                raise InputError(
+                    f"true_prior_shift names {name!r}; allowed: inferred parameters {prior.names}"
+                )
+            shift[prior.names.index(name)] = float(value)
+        rois = design.rois
+        model = calibration_model(
+            template, prior, patient.schedule, design, noise, rois=rois, rtol=rtol, atol=atol
+        )
+        quantities = (*prior.names, *(f"tia_{r}" for r in rois), "log_likelihood")
+        space = latent_space(prior, design, noise)
+        simulator = _simulator(
+            template, prior, patient.schedule, design, true_noise or noise, space, shift, rtol, atol
+        )
+        one = _replication(
+            model,
+            space,
+            simulator,
+            quantities,
+            num_warmup=num_warmup,
+            num_draws=num_samples // thin,
+            thin=thin,
+            dense_mass=dense_mass,
+            target_accept_prob=target_accept_prob,
+            max_tree_depth=max_tree_depth,
+        )
+        self._run = jax.jit(one if batch == 1 else jax.vmap(one))
+
+        # Everything that defines the study: chunks join only if these agree
+        # (`SBCResult.concatenate`).
+        tpl_bytes = template.path.read_bytes() if template.path else b""
+        self.settings = dict(
+            template=template.name,
+            template_sha256=hashlib.sha256(tpl_bytes).hexdigest(),
+            parameters=list(prior.names),
+            prior_typical=[float(x) for x in np.exp(prior.log_typical)],
+            schedule_time_h=[float(x) for x in np.asarray(patient.schedule.time_h)],
+            schedule_activity_MBq=[float(x) for x in np.asarray(patient.schedule.activity_MBq)],
+            schedule_hot_cold_nmol=[
+                [float(h), float(c)]
+                for h, c in zip(patient.schedule.hot_nmol, patient.schedule.cold_nmol, strict=True)
+            ],
+            rois=list(rois),
+            design_roi=list(design.roi),
+            design_time_h=[float(t) for t in design.time_h],
+            rtol=float(rtol),
+            atol=float(atol),
+            seed=int(seed),
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            thin=thin,
+            dense_mass=dense_mass,
+            target_accept_prob=target_accept_prob,
+            max_tree_depth=max_tree_depth,
+            noise=_noise_dict(noise),
+            true_noise=None if true_noise is None else _noise_dict(true_noise),
+            true_prior_shift={k: float(v) for k, v in (true_prior_shift or {}).items()},
+        )
+        self.quantities = quantities
+        self.num_draws = num_samples // thin
+        self.batch = batch
+        self.alpha = alpha
+        self._key = jax.random.key(seed)
+
+    def __call__(
+        self, *, n_replications: int = 100, start: int = 0, progress: bool = False
+    ) -> SBCResult:
+        """Replications ``start, ..., start + n_replications - 1`` as an [`SBCResult`][]."""
+        _check_chunk(n_replications, start)
+        batch, key, run = self.batch, self._key, self._run
+        index = np.arange(start, start + n_replications)
+        outs = []
+        t0 = time.perf_counter()
+        # NumPyro mixes integer and float arrays: standard promotion, even under a strict caller.
+        with jax.numpy_dtype_promotion("standard"):
+            for b in range(0, n_replications, batch):
+                idx = index[b : b + batch]
+                if batch == 1:
+                    out = jax.tree.map(lambda x: np.asarray(x)[None], run(_key(key, idx[0])))
+                else:
+                    # Pad the last batch to full size (no recompile) and drop the padding.
+                    padded = np.concatenate([idx, np.full(batch - len(idx), idx[-1])])
+                    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(padded))
+                    m = len(idx)
+                    out = jax.tree.map(lambda x, m=m: np.asarray(x)[:m], run(keys))
+                outs.append(out)
+                if progress:
+                    elapsed = time.perf_counter() - t0
+                    print(f"replications {idx[0]}-{idx[-1]} done ({elapsed:.0f} s)", flush=True)
+        ranks, truth, draws, divergences, sim_ok, steps = (
+            np.concatenate([o[k] for o in outs]) for k in range(6)
+        )
+        ess = np.array(
+            [
+                [float(effective_sample_size(d[None, :, j])) for j in range(d.shape[1])]
+                for d in draws
+            ]
+        )
+        q = self.quantities
+        return SBCResult(
+            quantities=q,
+            num_draws=self.num_draws,
+            replication=index,
+            ranks={n: ranks[:, j] for j, n in enumerate(q)},
+            truth={n: truth[:, j] for j, n in enumerate(q)},
+            ess={n: ess[:, j] for j, n in enumerate(q)},
+            divergences=divergences,
+            leapfrog_steps=steps,
+            simulation_ok=sim_ok,
+            settings=self.settings,
+            alpha=self.alpha,
+        )
+
+
+def _check_chunk(n_replications, start):
+    for field, v, lo in (("n_replications", n_replications, 1), ("start", start, 0)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise InputError(f"{field} = {v!r}; allowed: an integer >= {lo}")
-    if num_samples // thin < 1:
-        raise InputError(f"thin = {thin} exceeds num_samples = {num_samples}; allowed: <= it")
-    if not 0.0 < alpha < 1.0:
-        raise InputError(f"alpha = {alpha!r}; allowed: a family-wise level in (0, 1)")
-    if not 0.0 < target_accept_prob < 1.0:
-        raise InputError(f"target_accept_prob = {target_accept_prob!r}; allowed: in (0, 1)")
-    prior = PopulationPrior.from_template(template, patient.covariates, names=names, cv=cv)
-    shift = np.zeros(prior.dim)
-    for name, value in (true_prior_shift or {}).items():
-        if name not in prior.names:
-            raise InputError(
-                f"true_prior_shift names {name!r}; allowed: inferred parameters {prior.names}"
-            )
-        shift[prior.names.index(name)] = float(value)
-    rois = design.rois
-    model = calibration_model(
-        template, prior, patient.schedule, design, noise, rois=rois, rtol=rtol, atol=atol
-    )
-    quantities = (*prior.names, *(f"tia_{r}" for r in rois), "log_likelihood")
-    space = latent_space(prior, design, noise)
-    simulator = _simulator(
-        template, prior, patient.schedule, design, true_noise or noise, space, shift, rtol, atol
-    )
-    one = _replication(
-        model,
-        space,
-        simulator,
-        quantities,
-        num_warmup=num_warmup,
-        num_draws=num_samples // thin,
-        thin=thin,
-        dense_mass=dense_mass,
-        target_accept_prob=target_accept_prob,
-        max_tree_depth=max_tree_depth,
-    )
-    run = jax.jit(one if batch == 1 else jax.vmap(one))
-    key = jax.random.key(seed)
-    index = np.arange(start, start + n_replications)
-    outs = []
-    t0 = time.perf_counter()
-    # NumPyro mixes integer and float arrays: standard promotion, even under a strict caller.
-    with jax.numpy_dtype_promotion("standard"):
-        for b in range(0, n_replications, batch):
-            idx = index[b : b + batch]
-            if batch == 1:
-                out = jax.tree.map(lambda x: np.asarray(x)[None], run(_key(key, idx[0])))
-            else:
-                # Pad the last batch to full size (no recompile) and drop the padding.
-                padded = np.concatenate([idx, np.full(batch - len(idx), idx[-1])])
-                keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(padded))
-                m = len(idx)
-                out = jax.tree.map(lambda x, m=m: np.asarray(x)[:m], run(keys))
-            outs.append(out)
-            if progress:
-                elapsed = time.perf_counter() - t0
-                print(f"replications {idx[0]}-{idx[-1]} done ({elapsed:.0f} s)", flush=True)
-    ranks, truth, draws, divergences, sim_ok, steps = (
-        np.concatenate([o[k] for o in outs]) for k in range(6)
-    )
-    ess = np.array(
-        [[float(effective_sample_size(d[None, :, j])) for j in range(d.shape[1])] for d in draws]
-    )
-    # Everything that defines the study: chunks join only if these agree (`SBCResult.concatenate`).
-    tpl_bytes = template.path.read_bytes() if template.path else b""
-    settings = dict(
-        template=template.name,
-        template_sha256=hashlib.sha256(tpl_bytes).hexdigest(),
-        parameters=list(prior.names),
-        prior_typical=[float(x) for x in np.exp(prior.log_typical)],
-        schedule_time_h=[float(x) for x in np.asarray(patient.schedule.time_h)],
-        schedule_activity_MBq=[float(x) for x in np.asarray(patient.schedule.activity_MBq)],
-        schedule_hot_cold_nmol=[
-            [float(h), float(c)]
-            for h, c in zip(patient.schedule.hot_nmol, patient.schedule.cold_nmol, strict=True)
-        ],
-        rois=list(rois),
-        design_roi=list(design.roi),
-        design_time_h=[float(t) for t in design.time_h],
-        rtol=float(rtol),
-        atol=float(atol),
-        seed=int(seed),
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        thin=thin,
-        dense_mass=dense_mass,
-        target_accept_prob=target_accept_prob,
-        max_tree_depth=max_tree_depth,
-        noise=_noise_dict(noise),
-        true_noise=None if true_noise is None else _noise_dict(true_noise),
-        true_prior_shift={k: float(v) for k, v in (true_prior_shift or {}).items()},
-    )
-    return SBCResult(
-        quantities=quantities,
-        num_draws=num_samples // thin,
-        replication=index,
-        ranks={q: ranks[:, j] for j, q in enumerate(quantities)},
-        truth={q: truth[:, j] for j, q in enumerate(quantities)},
-        ess={q: ess[:, j] for j, q in enumerate(quantities)},
-        divergences=divergences,
-        leapfrog_steps=steps,
-        simulation_ok=sim_ok,
-        settings=settings,
-        alpha=alpha,
-    )
 
 
 def _key(key, i):
