@@ -48,7 +48,6 @@ numpyro.set_host_device_count(MAX_CHAINS)
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
@@ -70,6 +69,7 @@ import yaml  # noqa: E402
 from numpyro.infer.util import log_density  # noqa: E402
 
 import twinjax  # noqa: E402
+from twinjax.imaging import Patient  # noqa: E402
 from twinjax.imaging.observe import LognormalError, lognormal_sigma  # noqa: E402
 from twinjax.inference import Observed, PopulationPrior  # noqa: E402
 from twinjax.inference.model import calibration_model  # noqa: E402
@@ -179,12 +179,6 @@ generated quantities {
   real tia_kidneys = -mdivide_left(system_matrix(theta, V, k_tb, lambda), b)[2];
 }
 """
-
-
-@dataclasses.dataclass
-class Patient:
-    covariates: dict
-    schedule: twinjax.Schedule
 
 
 class CompileClock:
@@ -325,7 +319,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="nuts_vs_stan_"))
     (tmp / "bench_linear.yaml").write_text(yaml.safe_dump(TEMPLATE))
     tpl = twinjax.load_template(tmp / "bench_linear.yaml")
-    patient = Patient({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(ACTIVITY_MBQ))
+    patient = Patient.virtual({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(ACTIVITY_MBQ))
     prior = PopulationPrior.from_template(tpl, patient.covariates)
     obs, truth, log_cal_true = simulate_patient(tpl, patient, prior)
     data = stan_data(prior, patient, obs)

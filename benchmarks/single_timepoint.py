@@ -36,20 +36,14 @@ that row, not with the published fractions, whose virtual cohort had its own noi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 
 import twinjax
 from twinjax.dosimetry import hanscheid_relative_error
+from twinjax.imaging import Patient
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference.single_timepoint import compare_single_timepoint
-
-
-@dataclasses.dataclass
-class Patient:
-    covariates: dict
-    schedule: twinjax.Schedule
 
 
 def main(argv=None) -> int:
@@ -71,7 +65,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     tpl = twinjax.load_template(args.template)
-    patient = Patient({}, twinjax.Schedule.single(args.activity_MBq, ligand_nmol=args.ligand_nmol))
+    patient = Patient.virtual(
+        {}, twinjax.Schedule.single(args.activity_MBq, ligand_nmol=args.ligand_nmol)
+    )
     noise = LognormalError(
         {"kidneys": args.kidney_cv, "tumour": args.tumour_cv}, calibration_cv=args.calibration_cv
     )

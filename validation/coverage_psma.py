@@ -14,20 +14,14 @@ table, the wall time, and exits 1 if a region is outside the band.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 
 import twinjax
+from twinjax.imaging import Patient
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed
 from twinjax.inference.coverage import interval_coverage
-
-
-@dataclasses.dataclass
-class Patient:
-    covariates: dict
-    schedule: twinjax.Schedule
 
 
 def main(argv=None) -> int:
@@ -41,7 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rtol", type=float, default=1e-4)
     args = ap.parse_args(argv)
     tpl = twinjax.load_template(args.template)
-    patient = Patient({}, twinjax.Schedule.single(7400.0, ligand_nmol=100.0))
+    patient = Patient.virtual({}, twinjax.Schedule.single(7400.0, ligand_nmol=100.0))
     noise = LognormalError(
         {"kidneys": 0.10, "salivary_glands": 0.15, "tumour": 0.15, "whole_body": 0.08},
         calibration_cv=0.05,

@@ -34,7 +34,6 @@ import numpyro
 numpyro.set_host_device_count(4)  # before JAX starts: one CPU device per chain
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -44,6 +43,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import twinjax  # noqa: E402
+from twinjax.imaging import Patient  # noqa: E402
 from twinjax.imaging.observe import LognormalError  # noqa: E402
 from twinjax.inference import Observed, PopulationPrior  # noqa: E402
 from twinjax.inference.coverage import virtual_patients  # noqa: E402
@@ -51,12 +51,6 @@ from twinjax.inference.coverage import virtual_patients  # noqa: E402
 SCANS_H = (4.0, 24.0, 48.0, 96.0, 168.0)
 FIRST = 3  # scans in the initial fit
 PROBS = (0.05, 0.5, 0.95)
-
-
-@dataclasses.dataclass
-class Patient:
-    covariates: dict
-    schedule: twinjax.Schedule
 
 
 def _rows(obs: Observed, keep) -> Observed:
@@ -88,7 +82,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     tpl = twinjax.load_template(args.template)
-    patient = Patient({}, twinjax.Schedule.single(7400.0, ligand_nmol=100.0))
+    patient = Patient.virtual({}, twinjax.Schedule.single(7400.0, ligand_nmol=100.0))
     noise = LognormalError(
         {"kidneys": 0.10, "salivary_glands": 0.15, "tumour": 0.15, "whole_body": 0.08},
         calibration_cv=0.05,

@@ -149,6 +149,21 @@ def test_covariates_conversions(tmp_path):
     assert float(s.hot_nmol[0]) == pytest.approx(7400.0 / LU177_MBQ_PER_NMOL, rel=1e-12)
 
 
+def test_virtual_patient_built_in_code():
+    sched = twinjax.Schedule.single(7400.0, ligand_nmol=100.0)
+    p = Patient.virtual({"egfr_L_per_h": np.float64(5.4), "weight_kg": 80}, sched)
+    assert p.covariates == {"egfr_L_per_h": 5.4, "weight_kg": 80.0}
+    assert type(p.covariates["weight_kg"]) is float
+    assert p.patient_id == "virtual" and p.manifest is None and p.schedule is sched
+    assert Patient.virtual(None, sched, patient_id="P7").covariates == {}
+    with pytest.raises(InputError, match=r"covariates\['weight_kg'\] = nan; allowed: a finite"):
+        Patient.virtual({"weight_kg": float("nan")}, sched)
+    with pytest.raises(InputError, match=r"covariates\['sex'\] = 'male'"):
+        Patient.virtual({"sex": "male"}, sched)
+    with pytest.raises(InputError, match="schedule = float; allowed: a twinjax.Schedule"):
+        Patient.virtual({}, 7400.0)
+
+
 @pytest.mark.parametrize(("column", "factor"),
                          [("activity_kBq", 1e3), ("activity_GBq", 1e-3), ("activity_Bq", 1e6),
                           ("activity_mCi", 1 / 37.0)])  # fmt: skip

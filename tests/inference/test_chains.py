@@ -12,7 +12,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent(
     """
-    import dataclasses, sys
+    import sys
     import numpyro
     numpyro.set_host_device_count(2)
     import jax, numpy as np, twinjax
@@ -20,11 +20,7 @@ SCRIPT = textwrap.dedent(
 
     tpl = twinjax.load_template(sys.argv[1])
     assert not tpl.model.is_linear
-    @dataclasses.dataclass
-    class Patient:
-        covariates: dict
-        schedule: twinjax.Schedule
-    patient = Patient({}, twinjax.Schedule.single(7400.0, ligand_nmol=30.0))
+    patient = twinjax.imaging.Patient.virtual({}, twinjax.Schedule.single(7400.0, ligand_nmol=30.0))
     noise = twinjax.LognormalError({"kidneys": 0.1, "tumour": 0.15}, calibration_cv=0.05)
     times = np.array([4.0, 24.0, 96.0])
     traj = twinjax.simulate(tpl.model, {**tpl.params, "R_kidneys": 30.0}, patient.schedule, times)

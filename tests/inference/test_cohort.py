@@ -7,8 +7,6 @@ compile and sampling test-sized; the PBPK templates go through the same code (se
 validation/cohort_psma.py).
 """
 
-import dataclasses
-
 import arviz as az
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ import yaml
 
 import twinjax
 from twinjax import InputError
+from twinjax.imaging import Patient
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed, PopulationPrior
 from twinjax.inference.cohort import fit_cohort
@@ -34,13 +33,6 @@ N_RICH = 8
 # The last patient is scanned once (whole body only) and sits 2 SD above the population in k_bk
 # and k_bt: its data barely inform those, so partial pooling must pull it to the population.
 SPARSE_ETA = {"CL": 0.0, "k_bk": 2.0, "k_bt": 2.0}
-
-
-@dataclasses.dataclass
-class Patient:
-    patient_id: str
-    covariates: dict
-    schedule: twinjax.Schedule
 
 
 def _sigma(cv):
@@ -69,10 +61,10 @@ def clinic(linear_template_path):
     patients, data, truth, etas = [], [], [], []
     for i in range(N_RICH + 1):
         sparse = i == N_RICH
-        p = Patient(
-            "sparse" if sparse else f"P{i:02d}",
+        p = Patient.virtual(
             {"egfr_L_per_h": float(rng.uniform(3.5, 7.5))},
             twinjax.Schedule.single(float(rng.uniform(6800.0, 7800.0)), ligand_nmol=57.0),
+            patient_id="sparse" if sparse else f"P{i:02d}",
         )
         base = tpl.personalise(p.covariates)
         theta = dict(base)

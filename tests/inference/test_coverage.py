@@ -2,12 +2,11 @@
 kidney and tumour TIA cover the truth at a rate inside the 99 % binomial band; a fit that
 assumes a third of the real measurement noise does not."""
 
-import dataclasses
-
 import pytest
 
 import twinjax
 from twinjax import InputError
+from twinjax.imaging import Patient
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed
 from twinjax.inference.coverage import interval_coverage
@@ -16,16 +15,12 @@ NOISE = LognormalError({"kidneys": 0.12, "tumour": 0.18, "whole_body": 0.08}, ca
 TIMES = (4.0, 24.0, 48.0, 96.0)
 
 
-@dataclasses.dataclass
-class Patient:
-    covariates: dict
-    schedule: twinjax.Schedule
-
-
 @pytest.fixture(scope="module")
 def design(linear_template_path):
     tpl = twinjax.load_template(linear_template_path)
-    patient = Patient({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0))
+    patient = Patient.virtual(
+        {"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0)
+    )
     obs = Observed.design(("kidneys", "tumour", "whole_body"), TIMES)
     return tpl, patient, obs
 

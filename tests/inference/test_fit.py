@@ -4,8 +4,6 @@ A small linear template (solved exactly by the matrix exponential) keeps compile
 times test-sized; the PBPK templates go through the same code path (see validation/).
 """
 
-import dataclasses
-
 import arviz as az
 import jax
 import jax.numpy as jnp
@@ -14,6 +12,7 @@ import pytest
 
 import twinjax
 from twinjax import InputError
+from twinjax.imaging import Patient
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed, PopulationPrior, fit
 
@@ -21,16 +20,12 @@ NOISE = LognormalError({"kidneys": 0.12, "tumour": 0.18, "whole_body": 0.08}, ca
 TIMES = np.array([4.0, 24.0, 48.0, 96.0])
 
 
-@dataclasses.dataclass
-class Patient:
-    covariates: dict
-    schedule: twinjax.Schedule
-
-
 @pytest.fixture(scope="module")
 def setup(linear_template_path):
     tpl = twinjax.load_template(linear_template_path)
-    patient = Patient({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0))
+    patient = Patient.virtual(
+        {"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0)
+    )
     prior = PopulationPrior.from_template(tpl, patient.covariates)
     z_true = np.array([0.8, -0.6, 0.5, -0.9])  # CL, k_bk, k_bt, k_kb (sorted names)
     truth = prior.theta(jnp.asarray(z_true))
@@ -178,6 +173,6 @@ def test_bad_data_fails_before_sampling(setup):
         fit(tpl, patient, obs, noise=NOISE, method="hmc")
     with pytest.raises(InputError, match="num_samples = 0"):
         fit(tpl, patient, obs, noise=NOISE, num_samples=0)
-    late = Patient(patient.covariates, twinjax.Schedule.single(7400.0, time_h=10.0))
+    late = Patient.virtual(patient.covariates, twinjax.Schedule.single(7400.0, time_h=10.0))
     with pytest.raises(InputError, match="precedes the first administration"):
         fit(tpl, late, obs, noise=NOISE, method="map", svi_steps=1)

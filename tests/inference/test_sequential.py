@@ -1,8 +1,6 @@
 """Sequential assimilation: sequential = batch (exactly for linear-Gaussian, within Monte-Carlo
 error for the exact refit), the fast path's error is measured, scan order is enforced."""
 
-import dataclasses
-
 import arviz as az
 import jax
 import jax.numpy as jnp
@@ -11,6 +9,7 @@ import pytest
 
 import twinjax
 from twinjax import InputError
+from twinjax.imaging import Patient
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed, PopulationPrior, assimilate, fit, gaussian_update
 
@@ -58,16 +57,12 @@ def test_linear_gaussian_sequential_equals_batch_to_1e_8():
     np.testing.assert_allclose(s_all, s_batch, rtol=1e-8, atol=1e-10)
 
 
-@dataclasses.dataclass
-class Patient:
-    covariates: dict
-    schedule: twinjax.Schedule
-
-
 @pytest.fixture(scope="module")
 def setup(linear_template_path):
     tpl = twinjax.load_template(linear_template_path)
-    patient = Patient({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0))
+    patient = Patient.virtual(
+        {"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0)
+    )
     prior = PopulationPrior.from_template(tpl, patient.covariates)
     truth = prior.theta(jnp.asarray([0.5, -0.4, 0.7, -0.3]))
     traj = twinjax.simulate(tpl.model, tpl.derive({**prior.base, **truth}), patient.schedule, TIMES)
@@ -147,8 +142,10 @@ def test_a_new_cycle_and_the_scan_order(setup):
     lap = fit(tpl, patient, first, noise=NOISE, method="laplace", num_samples=200, seed=4)
     with pytest.raises(InputError, match=r"not after the last assimilated scan \(24 h\).*refit"):
         assimilate(lap, first)
-    two = Patient(patient.covariates, twinjax.Schedule.cycles(7400.0, 2, 1000.0, ligand_nmol=57.0))
-    other = Patient(patient.covariates, twinjax.Schedule.single(6000.0, ligand_nmol=57.0))
+    two = Patient.virtual(
+        patient.covariates, twinjax.Schedule.cycles(7400.0, 2, 1000.0, ligand_nmol=57.0)
+    )
+    other = Patient.virtual(patient.covariates, twinjax.Schedule.single(6000.0, ligand_nmol=57.0))
     with pytest.raises(InputError, match="must extend the schedule"):
         assimilate(lap, rest, patient=other)
     with pytest.raises(InputError, match="method = 'smc'"):

@@ -9,7 +9,6 @@ comparison (mode path) and one `twinjax.fit` Laplace fit. The comparison's ``"me
 (Laplace draws) costs a third compilation of the forward-over-forward Hessian and is exercised
 by `benchmarks/single_timepoint.py --twin-estimate median`, not here."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import twinjax
 from twinjax import InputError
 from twinjax.dosimetry import hanscheid_tia, madsen_tia
+from twinjax.imaging import Patient
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed
 from twinjax.inference._laplace import LatentSpace
@@ -28,16 +28,12 @@ SCAN_H = 72.0
 LU177_HALF_LIFE_H = 6.647 * 24.0  # ICRP-107
 
 
-@dataclasses.dataclass
-class Patient:
-    covariates: dict
-    schedule: twinjax.Schedule
-
-
 @pytest.fixture(scope="module")
 def setup(linear_template_path):
     tpl = twinjax.load_template(linear_template_path)
-    patient = Patient({"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0))
+    patient = Patient.virtual(
+        {"egfr_L_per_h": 5.4}, twinjax.Schedule.single(7400.0, ligand_nmol=57.0)
+    )
     res = compare_single_timepoint(
         tpl,
         patient,

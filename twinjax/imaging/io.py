@@ -341,7 +341,8 @@ class Patient:
       (L, from mL / 1000) for every CT volume. Template ``covariates:`` formulas refer to them.
     - `schedule`: a [`twinjax.Schedule`][] with one [`twinjax.Administration`][] per entry
       (total ligand = hot + cold, see [`AdministrationRecord.ligand_nmol`][]).
-    - `manifest`: the validated [`PatientManifest`][].
+    - `manifest`: the validated [`PatientManifest`][] (``None`` for a patient built in code with
+      [`Patient.virtual`][]).
     - `source`: the file it was read from (``None`` if built in code).
 
     Equality is identity (the schedule holds arrays).
@@ -350,8 +351,46 @@ class Patient:
     patient_id: str
     covariates: dict[str, float]
     schedule: Schedule
-    manifest: PatientManifest
+    manifest: PatientManifest | None = None
     source: str | None = None
+
+    @classmethod
+    def virtual(
+        cls,
+        covariates: Mapping[str, float] | None,
+        schedule: Schedule,
+        *,
+        patient_id: str = "virtual",
+    ) -> Patient:
+        """A patient built in code (simulation studies, tests, benchmarks): no manifest.
+
+        **Arguments:**
+        - `covariates`: name -> value in canonical units (names as in the fields above, e.g.
+          ``{"egfr_L_per_h": 5.4}``); ``None`` or ``{}`` for a typical patient.
+        - `schedule`: the [`twinjax.Schedule`][] of administrations.
+        - `patient_id`: an identifier.
+
+        **Returns:** a [`Patient`][]. **Raises:** `InputError` for a covariate that is not a
+        finite number, or a schedule that is not a `Schedule`.
+        """
+        if not isinstance(schedule, Schedule):
+            raise InputError(
+                f"schedule = {type(schedule).__name__}; allowed: a twinjax.Schedule "
+                "(e.g. Schedule.single(7400.0, ligand_nmol=100.0))"
+            )
+        cov: dict[str, float] = {}
+        for name, value in (covariates or {}).items():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float | np.number)
+                or not _finite(value)
+            ):
+                raise InputError(
+                    f"covariates[{name!r}] = {value!r}; allowed: a finite number in canonical "
+                    "units (see twinjax.units)"
+                )
+            cov[str(name)] = float(value)
+        return cls(patient_id, cov, schedule)
 
     @classmethod
     def from_manifest(cls, manifest: PatientManifest, *, source: str | None = None) -> Patient:
