@@ -16,8 +16,8 @@ if _os.environ.get("TWINJAX_X64", "1") != "0":
     _jax.config.update("jax_enable_x64", True)
 
 from . import dosimetry as dosimetry
-from . import radiobiology as radiobiology
 from . import models as models
+from . import radiobiology as radiobiology
 from . import units as units
 from ._errors import InputError as InputError
 from ._errors import SolverError as SolverError
