@@ -27,6 +27,15 @@ def test_shipped_table_matches_its_sources():
     fresh = gen.build_table()
     shipped = json.loads(resources.files("twinjax").joinpath("data", "nuclides.json").read_text())
     assert shipped == json.loads(json.dumps(fresh))
+    lines = json.loads(resources.files("twinjax").joinpath("data", "emissions.json").read_text())
+    assert lines == json.loads(json.dumps(gen.build_emissions(fresh["nuclides"])))
+    # The lines carry the energies of nuclides.json (up to the dropped weak lines).
+    for name, em in lines["nuclides"].items():
+        total = sum(e * y for k in ("beta_branches", "electrons", "photons", "alphas", "recoils")
+                    for e, y in em[k])  # fmt: skip
+        assert total + em["dropped_MeV"] == pytest.approx(
+            sum(fresh["nuclides"][name]["energy_MeV"].values()), rel=1e-9
+        ), name
 
 
 @pytest.mark.parametrize(

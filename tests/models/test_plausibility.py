@@ -1,10 +1,8 @@
 """Nominal [177Lu]Lu-PSMA-617 models against published clinical dosimetry.
 
-Until S-values exist (dosimetry issue), absorbed dose per administered activity is estimated the
-MIRD way for the dominant term: the non-penetrating energy of Lu-177 (0.1479 MeV per decay,
-ICRP-107) deposited locally in the organ, D/A = TIA/A * 3.6e9 decays/(MBq h) * E / m. Photons add
-only a few per cent to organ self-dose for Lu-177 (0.035 MeV per decay, absorbed fraction < 0.1 in
-a kidney).
+Absorbed dose per administered activity is the MIRD self-dose, D/A = TIA/A x S(m), with the
+sphere S-values of `twinjax.dosimetry` for the template's organ mass at unit density (ICRP 89
+reference masses for the popPK model, which has no organ volumes).
 
 Published patient-level ranges (mean - SD of the lowest to mean + SD of the highest report):
 - kidneys: Violet et al. 2019, J Nucl Med, 0.39 +- 0.15 Gy/GBq (n = 30); Hohberg et al.
@@ -18,13 +16,7 @@ import jax.numpy as jnp
 import pytest
 
 import twinjax
-
-E_NP = twinjax.nuclide("Lu-177").nonpenetrating_energy_MeV
-GY_PER_MBQH_KG = 3.6e9 * E_NP * twinjax.units.MEV_TO_J  # Gy kg per MBq h
-
-
-def dose_per_gbq(tia_mbqh: float, activity_mbq: float, mass_kg: float) -> float:
-    return tia_mbqh * GY_PER_MBQH_KG / mass_kg / (activity_mbq / 1000.0)
+from twinjax.dosimetry import organ_doses, reference_mass_kg
 
 
 @pytest.mark.parametrize("name", ["psma617_pbpk", "psma617_reduced", "psma617_poppk_siebinga2023"])
@@ -34,11 +26,16 @@ def test_nominal_kidney_and_salivary_dose_per_gbq(name):
     tr = twinjax.simulate(t.model, t.params, sched, jnp.array([24.0, 96.0]), rtol=1e-7, atol=1e-10)
     tia = {r: float(sum(tr.tia(g) for g in t.roi(r))) for r in ("kidneys", "salivary_glands")}
     if "V_kidneys" in t.params:
-        m_kid, m_sal = float(t.params["V_kidneys"]), float(t.params["V_salivary"])
+        mass = {
+            "kidneys": float(t.params["V_kidneys"]),
+            "salivary_glands": float(t.params["V_salivary"]),
+        }
     else:  # the popPK model has no organ volumes: ICRP 89 adult male masses
-        m_kid, m_sal = 0.310, 0.085
-    d_kid = dose_per_gbq(tia["kidneys"], 7400.0, m_kid)
-    d_sal = dose_per_gbq(tia["salivary_glands"], 7400.0, m_sal)
+        mass = {r: reference_mass_kg(r) for r in tia}
+    dose = organ_doses("Lu-177", tia, mass)
+    d_kid = float(dose["kidneys"]) / 7.4
+    d_sal = float(dose["salivary_glands"]) / 7.4
+    print(name, f"kidney {d_kid:.3f} Gy/GBq, salivary {d_sal:.3f} Gy/GBq")
     assert 0.24 <= d_kid <= 1.07, f"kidney {d_kid:.3f} Gy/GBq"
     assert 0.15 <= d_sal <= 3.1, f"salivary {d_sal:.3f} Gy/GBq"
 
