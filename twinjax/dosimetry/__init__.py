@@ -3,6 +3,10 @@
 - `sphere_s_value`, `sphere_absorbed_fractions`: self-dose of uniformly filled spheres (lesions,
   organs) for any nuclide (chains included) and any mass, differentiable in the mass.
 - `organ_doses`, `reference_mass_kg`: MIRD organ self-dose with the patient's or ICRP 89 masses.
+- `voxel_s_kernel`, `dose_map`, `local_deposition_dose`, `dose_volume_histogram`,
+  `dose_metrics`: voxel dosimetry (kernels from the same point-source physics, FFT convolution).
+- `tia_trapezoid`, `fit_exponential`: conventional TIA from a measured TAC (trapezoid with tails;
+  mono/bi/uptake/tri-exponential fits, convertible to dose-rate curves for BED).
 - Single-time-point estimates of the time-integrated activity (Hänscheid, Madsen).
 
 Units: activity MBq, time h, TIA MBq h, mass kg, density kg/L, dose Gy, S Gy/(MBq h).
@@ -18,3 +22,12 @@ from .single_timepoint import hanscheid_relative_error as hanscheid_relative_err
 from .single_timepoint import hanscheid_tia as hanscheid_tia
 from .single_timepoint import madsen_relative_error as madsen_relative_error
 from .single_timepoint import madsen_tia as madsen_tia
+from .tac import ExponentialFit as ExponentialFit
+from .tac import fit_exponential as fit_exponential
+from .tac import tia_trapezoid as tia_trapezoid
+from .voxel import VoxelKernel as VoxelKernel
+from .voxel import dose_map as dose_map
+from .voxel import dose_metrics as dose_metrics
+from .voxel import dose_volume_histogram as dose_volume_histogram
+from .voxel import local_deposition_dose as local_deposition_dose
+from .voxel import voxel_s_kernel as voxel_s_kernel

@@ -358,6 +358,40 @@ def _simulate_ode(
     throw,
 ):
     n = model.n_compartments
+    out, y, ok, a_end = _ode_pieces(
+        model, params, schedule, times, lam, rtol, atol, solver, adjoint, max_steps,
+        tail_half_lives, throw,
+    )  # fmt: skip
+    hot, cold, cum = out[:, :n], out[:, n : 2 * n], out[:, 2 * n : 3 * n]
+    # Tail beyond the horizon, with occupancy frozen at its final value (then exact for hot).
+    tail = -jnp.linalg.solve(a_end - lam * jnp.eye(n), y[:n])
+    return hot, cold, cum, y[2 * n : 3 * n] + tail, ok
+
+
+def _ode_pieces(
+    model,
+    params,
+    schedule: Schedule,
+    times,
+    lam,
+    rtol,
+    atol,
+    solver,
+    adjoint,
+    max_steps,
+    tail_half_lives,
+    throw,
+    extra=None,
+):
+    """Integrate ``[hot, cold, cumulated hot, *extra]`` piecewise between administrations up to
+    `tail_half_lives` physical half-lives after the last event.
+
+    `extra` = ``(k, f)`` appends k states with ``dz/dt = f(hot, z)`` (e.g. the repair integrals
+    of `twinjax.radiobiology.bed_from_model`), zero at the first administration. Returns the
+    states at `times` ``(T, 3n + k)``, the final state, the success flag and the transfer
+    matrix at the final occupancy (for the tail)."""
+    n = model.n_compartments
+    k_extra, f_extra = extra if extra is not None else (0, None)
     e = jnp.asarray(model.dose_vector())
 
     rates = model.prepare(params)  # evaluated once per solve, not once per step
@@ -366,13 +400,14 @@ def _simulate_ode(
         u_hot, u_cold = args
         hot, cold = y[:n], y[n : 2 * n]
         tot = hot + cold
-        return jnp.concatenate(
-            [
-                rates.apply(hot, tot) - lam * hot + u_hot * e,
-                rates.apply(cold, tot) + lam * hot + u_cold * e,
-                hot,
-            ]
-        )
+        parts = [
+            rates.apply(hot, tot) - lam * hot + u_hot * e,
+            rates.apply(cold, tot) + lam * hot + u_cold * e,
+            hot,
+        ]
+        if k_extra:
+            parts.append(f_extra(hot, y[3 * n :]))
+        return jnp.concatenate(parts)
 
     term = dfx.ODETerm(rhs)
     if solver is None:
@@ -395,11 +430,11 @@ def _simulate_ode(
         else:
             pieces.append((t0, nxt, schedule.hot_nmol[i], schedule.cold_nmol[i], 0.0, 0.0))
 
-    y = jnp.zeros(3 * n)
-    out = jnp.zeros((times.shape[0], 3 * n))
+    y = jnp.zeros(3 * n + k_extra)
+    out = jnp.zeros((times.shape[0], 3 * n + k_extra))
     ok = jnp.asarray(True)
     for j, (t0, t1, b_hot, b_cold, r_hot, r_cold) in enumerate(pieces):
-        y = y + jnp.concatenate([b_hot * e, b_cold * e, jnp.zeros(n)])
+        y = y + jnp.concatenate([b_hot * e, b_cold * e, jnp.zeros(n + k_extra)])
         ts = jnp.concatenate([jnp.clip(times, t0, t1), t1[None]])
         # PI control (Hairer & Wanner, Solving ODEs II, IV.2; Soderlind 2002) damps the step-size
         # oscillations that plain integral control shows on these stiff systems. Steps land on
@@ -424,8 +459,4 @@ def _simulate_ode(
         out = jnp.where(inside[:, None], sol.ys[:-1], out)
         y = sol.ys[-1]
         ok = ok & (sol.result == dfx.RESULTS.successful)
-    hot, cold, cum = out[:, :n], out[:, n : 2 * n], out[:, 2 * n :]
-    # Tail beyond the horizon, with occupancy frozen at its final value (then exact for hot).
-    a_end = rates.matrix(y[:n] + y[n : 2 * n])
-    tail = -jnp.linalg.solve(a_end - lam * jnp.eye(n), y[:n])
-    return hot, cold, cum, y[2 * n :] + tail, ok
+    return out, y, ok, rates.matrix(y[:n] + y[n : 2 * n])

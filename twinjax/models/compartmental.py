@@ -30,6 +30,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
@@ -230,7 +231,9 @@ class CompartmentalModel(eqx.Module):
         except Exception:
             return
         for what, e in self._expressions():
-            v = np.asarray(e(concrete))
+            # Concrete parameters evaluate eagerly even while a caller is being traced by jit.
+            with jax.ensure_compile_time_eval():
+                v = np.asarray(e(concrete))
             if not np.all(np.isfinite(v)) or not np.all(v > 0):
                 raise InputError(
                     f"{what} = {e} evaluates to {v} with the given parameters of model "

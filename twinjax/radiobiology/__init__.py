@@ -22,6 +22,7 @@ from ._lq import bed_monoexponential as bed_monoexponential
 from ._lq import eqd2 as eqd2
 from ._lq import eqd2_from_bed as eqd2_from_bed
 from ._lq import protraction_factor as protraction_factor
+from ._model_bed import bed_from_model as bed_from_model
 from ._tissues import LKB as LKB
 from ._tissues import Tissue as Tissue
 from ._tissues import known_tissues as known_tissues
