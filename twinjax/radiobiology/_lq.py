@@ -357,12 +357,16 @@ def _dose_gd2(curve, repair_half_time_h, method, t_end_h, rtol, atol, max_steps)
         dose = sum(c.dose() for c in curves)
         return dose, _exponential_gd2(curves, mu)
     dose, gd2, ok = _ode_integrals(curves, mu, t_end_h, rtol, atol, max_steps)
-    if not isinstance(ok, jax.core.Tracer) and not bool(ok):
-        raise SolverError(
-            f"the repair-integral ODE did not finish within max_steps = {max_steps} per piece; "
-            "raise max_steps or loosen rtol"
-        )
-    return dose, gd2
+    msg = (
+        f"the repair-integral ODE did not finish within max_steps = {max_steps} per piece; "
+        "raise max_steps or loosen rtol"
+    )
+    if not isinstance(ok, jax.core.Tracer):
+        if not bool(ok):
+            raise SolverError(msg)
+        return dose, gd2
+    # Under jit a failed solve is a runtime error, never a silently wrong number.
+    return dose, eqx.error_if(gd2, jnp.logical_not(ok), msg)
 
 
 def absorbed_dose(curve) -> Float[Array, ""]:
