@@ -15,7 +15,7 @@ of order the square of the remaining activity).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -40,6 +40,7 @@ def bed_from_model(
     tissues: Mapping[str, Tissue | tuple[float, float]],
     *,
     rbe=1.0,
+    groups: Mapping[str, Sequence[str]] | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-12,
     solver=None,
@@ -55,6 +56,8 @@ def bed_from_model(
       ``sphere_s_value(nuclide, mass_kg)``).
     - `tissues`: region -> a [`Tissue`][] or ``(alpha_beta_Gy, repair_half_time_h)``.
     - `rbe`: applied to the physical dose (e.g. 5 for alpha emitters).
+    - `groups`: region -> model groups whose activities sum to it (e.g. a template's
+      ``roi(region)``); by default each region is the model group of its name.
     - `rtol`, `atol`, `solver`, `adjoint`, `max_steps`: of the ODE solve (as `simulate`).
     - `tail_half_lives`: physical half-lives integrated past the last administration.
 
@@ -78,7 +81,8 @@ def bed_from_model(
     idx, ab, mu = [], [], []
     for r in regions:
         try:
-            idx.append(np.asarray(model.group(r)))
+            members = (groups or {}).get(r, (r,))
+            idx.append(np.concatenate([np.asarray(model.group(g)) for g in members]))
         except Exception as err:
             raise InputError(f"region {r!r}: {err}") from None
         t = tissues[r]
