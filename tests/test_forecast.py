@@ -109,3 +109,75 @@ def test_bad_input(setup):
         forecast(post, tpl, [sc], {"tumour": Region(rb.tissue("prostate_cancer"))})
     with pytest.raises(InputError, match="schedule must be a twinjax.Schedule"):
         Scenario("b", 7400.0)
+
+
+SCENARIOS_YAML = """
+schema: twinjax.scenarios/1
+regions:
+  kidneys: {tissue: kidney}
+  tumour: {tissue: prostate_cancer, mass_g: 20, kind: tumour}
+scenarios:
+  - {name: standard, activity_MBq: 7400, ligand_nmol: 57}
+  - {name: double, activity_MBq: 14800, ligand_nmol: 57}
+thresholds:
+  kidneys: {bed_Gy: 5.0}
+"""
+
+
+def test_cli_writes_json_and_png(setup, result, linear_template_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from twinjax.cli import app
+
+    post = setup[2]
+    post.save(tmp_path / "posterior.nc")
+    (tmp_path / "scenarios.yaml").write_text(SCENARIOS_YAML)
+    args = ["forecast", str(tmp_path / "posterior.nc"), str(tmp_path / "scenarios.yaml"),
+            "--template", str(linear_template_path), "--draws", "40", "--out", str(tmp_path / "out")]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc = __import__("json").loads((tmp_path / "out" / "forecast.json").read_text())
+    fc, _ = result  # the same 40 draws of the same posterior, in memory
+    mem = fc.summary(0.9)["7.4 GBq"]["kidneys"]["bed_Gy"]
+    assert doc["summary"]["standard"]["kidneys"]["bed_Gy"]["median"] == pytest.approx(
+        mem["median"], rel=1e-5
+    )
+    p = doc["exceedance"]["kidneys"]["bed_Gy"]["probability"]
+    assert p["standard"] <= p["double"]
+    assert doc["provenance"]["posterior_template"] == "test_linear"
+    assert (tmp_path / "out" / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("tissue: kidney", "tissue: kidnee"), "tissue 'kidnee' is not in the library"),
+        (("activity_MBq: 7400", "activity_MBq: -7400"), "activity_MBq"),
+        (("  kidneys: {tissue", "  liver: {tissue"), "region 'liver' is not in template"),
+        (("schema: twinjax.scenarios/1", "schema: twinjax.scenarios/9"), "schema"),
+        (
+            ("kidneys: {bed_Gy: 5.0}", "kidneys: {bed_Gy_total: 5.0}"),
+            "thresholds.kidneys.bed_Gy_total",
+        ),
+    ],
+)
+def test_cli_rejects_bad_scenario_files(setup, linear_template_path, tmp_path, change, message):
+    from twinjax.forecast_cli import run_forecast
+
+    _, _, post = setup
+    post.save(tmp_path / "posterior.nc")
+    (tmp_path / "s.yaml").write_text(SCENARIOS_YAML.replace(*change))
+    with pytest.raises(InputError, match=message):
+        run_forecast(tmp_path / "posterior.nc", tmp_path / "s.yaml", tmp_path / "out",
+                     template=linear_template_path)  # fmt: skip
+    assert not (tmp_path / "out" / "forecast.json").exists()
+
+
+def test_load_posterior_errors(tmp_path):
+    from twinjax.inference import load_posterior
+
+    with pytest.raises(InputError, match="does not exist"):
+        load_posterior(tmp_path / "none.nc")
+    (tmp_path / "bad.nc").write_bytes(b"not netcdf")
+    with pytest.raises(InputError, match="not a twinjax posterior netCDF file"):
+        load_posterior(tmp_path / "bad.nc")

@@ -10,6 +10,7 @@ twinjax nuclide Ac-225                # half-life, energies, decay chain
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -145,6 +146,42 @@ def calibrate(
         table.add_column(col, justify="right")
     for name, row in post.summary().items():
         table.add_row(name, f"{row['q50']:.4g}", f"{row['q5']:.4g}", f"{row['q95']:.4g}")
+    Console().print(table)
+    for p in written:
+        console.print(f"wrote {p}")
+
+
+@app.command()
+def forecast(
+    posterior: Annotated[Path, typer.Argument(help="Posterior netCDF (from `twinjax calibrate`).")],
+    scenarios: Annotated[Path, typer.Argument(help="Scenario YAML (regions, scenarios).")],
+    template: Annotated[
+        str | None, typer.Option(help="Template name or YAML path (default: the posterior's).")
+    ] = None,
+    draws: Annotated[int, typer.Option(help="Posterior draws used.")] = 200,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("twinjax-out"),
+) -> None:
+    """Forecast dose, BED, NTCP and TCP of treatment scenarios: forecast.json, forecast.png."""
+    from ._errors import InputError, SolverError
+    from .forecast_cli import run_forecast
+
+    _check_writable(out)
+    try:
+        with console.status("forecasting ..."):
+            written = run_forecast(posterior, scenarios, out, template=template, max_draws=draws)
+    except (InputError, SolverError) as err:
+        _fail(err)
+    doc = json.loads(written[0].read_text())
+    table = Table(title="forecast: median [90 % interval]")
+    for col in ("scenario", "region", "dose (Gy)", "BED (Gy)"):
+        table.add_column(col)
+    for s, regions in doc["summary"].items():
+        for r, q in regions.items():
+            cell = {
+                k: f"{q[k]['median']:.3g} [{q[k]['lower']:.3g}, {q[k]['upper']:.3g}]"
+                for k in ("dose_Gy", "bed_Gy")
+            }
+            table.add_row(s, r, cell["dose_Gy"], cell["bed_Gy"])
     Console().print(table)
     for p in written:
         console.print(f"wrote {p}")

@@ -5,7 +5,9 @@ from .cohort import CohortPosterior as CohortPosterior
 from .cohort import fit_cohort as fit_cohort
 from .diagnostics import Diagnostics as Diagnostics
 from .fit import Posterior as Posterior
+from .fit import SavedPosterior as SavedPosterior
 from .fit import fit as fit
+from .fit import load_posterior as load_posterior
 from .model import Observed as Observed
 from .model import calibration_model as calibration_model
 from .priors import PopulationPrior as PopulationPrior

@@ -56,7 +56,72 @@ from .diagnostics import Diagnostics, diagnose
 from .model import ATOL, RTOL, Observed, calibration_model
 from .priors import PopulationPrior
 
-__all__ = ["Posterior", "fit"]
+__all__ = ["Posterior", "SavedPosterior", "fit", "load_posterior"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Base:
+    base: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedPosterior:
+    """A posterior read from its netCDF file ([`load_posterior`][]): the draws of every site,
+    the inferred parameter `names`, the `template` name, `provenance`, and `prior.base` (the
+    patient's typical values of the parameters that were not inferred). Enough for
+    `twinjax.forecast.forecast`; refitting needs the original data and `fit`."""
+
+    template: str
+    names: tuple[str, ...]
+    samples: dict[str, np.ndarray]
+    provenance: dict
+    prior: _Base
+
+    def draws(self, name: str) -> np.ndarray:
+        """All draws of `name`, chains concatenated."""
+        if name not in self.samples:
+            raise InputError(f"no site {name!r} in the posterior; known: {sorted(self.samples)}")
+        x = self.samples[name]
+        return x.reshape((-1,) + x.shape[2:])
+
+
+def load_posterior(path) -> SavedPosterior:
+    """Read a posterior written by `Posterior.save` / `twinjax calibrate` (netCDF).
+
+    **Raises:** `InputError` for a missing or unreadable file, or one without the provenance
+    needed to rebuild the draws' parameters (written by an older twinjax: refit).
+    """
+    from pathlib import Path
+
+    import xarray as xr
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"posterior file {str(p)!r} does not exist")
+    try:
+        post = xr.open_dataset(p, group="posterior").load()
+    except Exception as err:
+        raise InputError(f"{p.name}: not a twinjax posterior netCDF file ({err})") from None
+    attrs = {k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v)
+             for k, v in post.attrs.items()}  # fmt: skip
+    missing = [k for k in ("template", "prior_base", "inferred") if k not in attrs]
+    if missing:
+        raise InputError(
+            f"{p.name}: the posterior lacks {missing} in its provenance (written by an older "
+            "twinjax or another tool); refit with this version to forecast from it"
+        )
+    samples = {k: np.asarray(v.values) for k, v in post.data_vars.items()}
+    names = tuple(attrs["inferred"])
+    absent = [n for n in names if n not in samples]
+    if absent:
+        raise InputError(f"{p.name}: no draws of the inferred parameters {absent}")
+    return SavedPosterior(
+        template=str(attrs["template"]),
+        names=names,
+        samples=samples,
+        provenance=attrs,
+        prior=_Base({k: float(v) for k, v in attrs["prior_base"].items()}),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +220,8 @@ class Posterior:
         return idata
 
     def save(self, path) -> None:
-        """Write the posterior as netCDF (ArviZ groups), atomically (temp file + rename)."""
+        """Write the posterior as netCDF (ArviZ groups), atomically (temp file + rename).
+        [`load_posterior`][] reads it back for forecasts."""
         import os
         import tempfile
         from pathlib import Path
@@ -262,6 +328,10 @@ def fit(
             samples, gaussian = _mode(traces, method, num_samples, key, space, start)
     elapsed = time.perf_counter() - t0
     provenance = _provenance(template, observed, seed, method, elapsed, traces.count)
+    # What a reader of the file needs to rebuild the draws' full parameter sets (forecasts).
+    provenance["covariates"] = {k: float(v) for k, v in patient.covariates.items()}
+    provenance["prior_base"] = {k: float(v) for k, v in prior.base.items()}
+    provenance["inferred"] = list(prior.names)
     context = FitContext(
         template,
         patient,
