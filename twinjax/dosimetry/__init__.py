@@ -7,6 +7,7 @@
   `dose_metrics`: voxel dosimetry (kernels from the same point-source physics, FFT convolution).
 - `tia_trapezoid`, `fit_exponential`: conventional TIA from a measured TAC (trapezoid with tails;
   mono/bi/uptake/tri-exponential fits, convertible to dose-rate curves for BED).
+- `dose_uncertainty_budget`: variance shares of kinetics, calibration, mass and S-value.
 - Single-time-point estimates of the time-integrated activity (Hänscheid, Madsen).
 
 Units: activity MBq, time h, TIA MBq h, mass kg, density kg/L, dose Gy, S Gy/(MBq h).
@@ -25,6 +26,7 @@ from .single_timepoint import madsen_tia as madsen_tia
 from .tac import ExponentialFit as ExponentialFit
 from .tac import fit_exponential as fit_exponential
 from .tac import tia_trapezoid as tia_trapezoid
+from .uncertainty import dose_uncertainty_budget as dose_uncertainty_budget
 from .voxel import VoxelKernel as VoxelKernel
 from .voxel import dose_map as dose_map
 from .voxel import dose_metrics as dose_metrics
