@@ -97,6 +97,28 @@ def test_summary_and_exceedance(result):
     assert s["lower"] <= s["median"] <= s["upper"]
 
 
+def test_masses_from_ct_volumes(setup):
+    from twinjax.forecast import SOFT_TISSUE_KG_PER_L, _covariates
+
+    _, _, post = setup
+    assert _covariates(post) == {"egfr_L_per_h": 5.4}
+    # A patient with a CT kidney volume of 0.2 L: the kidney mass is 0.2 x 1.04 kg.
+    post.context.patient.covariates["ct_volume_L_kidneys"] = 0.2
+    try:
+        tpl = setup[0]
+        sched = setup[1].schedule
+        fc = forecast(post, tpl, [Scenario("a", sched)], {"kidneys": Region((2.6, 2.8))},
+                      max_draws=3)  # fmt: skip
+        ref = forecast(post, tpl, [Scenario("a", sched)],
+                       {"kidneys": Region((2.6, 2.8), mass_kg=0.2 * SOFT_TISSUE_KG_PER_L)},
+                       max_draws=3)  # fmt: skip
+        np.testing.assert_allclose(
+            fc.values["a"]["kidneys"]["dose_Gy"], ref.values["a"]["kidneys"]["dose_Gy"], rtol=1e-12
+        )
+    finally:
+        del post.context.patient.covariates["ct_volume_L_kidneys"]
+
+
 def test_bad_input(setup):
     tpl, patient, post = setup
     reg = {"kidneys": Region(rb.tissue("kidney"))}
@@ -145,7 +167,8 @@ def test_cli_writes_json_and_png(setup, result, linear_template_path, tmp_path):
     p = doc["exceedance"]["kidneys"]["bed_Gy"]["probability"]
     assert p["standard"] <= p["double"]
     assert doc["provenance"]["posterior_template"] == "test_linear"
-    assert (tmp_path / "out" / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("forecast.png", "exceedance.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(

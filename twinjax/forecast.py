@@ -33,6 +33,18 @@ from .schedule import Schedule
 
 __all__ = ["Forecast", "Region", "Scenario", "forecast"]
 
+#: Organ density (kg/L) for masses from CT volumes: a typical soft-tissue value (ICRP 89 gives
+#: 1.05 for the kidneys); pass `Region.mass_kg` where the organ's own density matters.
+SOFT_TISSUE_KG_PER_L = 1.05
+
+
+def _covariates(posterior) -> dict[str, float]:
+    """The patient's covariates: from the fit's context (in memory) or the file's provenance."""
+    ctx = getattr(posterior, "context", None)
+    if ctx is not None and getattr(ctx, "patient", None) is not None:
+        return dict(ctx.patient.covariates)
+    return dict(getattr(posterior, "provenance", {}).get("covariates", {}) or {})
+
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
@@ -52,7 +64,9 @@ class Scenario:
 @dataclasses.dataclass(frozen=True)
 class Region:
     """A region to forecast: its `tissue` (a [`twinjax.radiobiology.Tissue`][] or ``(alpha_beta_Gy,
-    repair_half_time_h)``), `mass_kg` (default: the ICRP 89 reference mass of the region's name)
+    repair_half_time_h)``), `mass_kg` (default: the patient's CT volume of the region,
+    covariate ``ct_volume_L_<region>``, at `SOFT_TISSUE_KG_PER_L`; else the ICRP 89 reference
+    mass of the region's name)
     and `kind` (``"organ"``: NTCP where the tissue has LKB parameters; ``"tumour"``: TCP where it
     has alpha and a clonogen density, for the region's volume at unit density)."""
 
@@ -140,10 +154,16 @@ def forecast(
         raise InputError("regions is empty; allowed: region name -> Region")
     if not isinstance(max_draws, int) or max_draws < 1:
         raise InputError(f"max_draws = {max_draws!r}; allowed: an integer >= 1")
+    covariates = _covariates(posterior)
     masses = {}
     for r, spec in regions.items():
         template.roi(r)  # unknown regions fail here, naming the known ones
-        masses[r] = spec.mass_kg if spec.mass_kg is not None else reference_mass_kg(r, sex)
+        if spec.mass_kg is not None:
+            masses[r] = spec.mass_kg
+        elif f"ct_volume_L_{r}" in covariates:
+            masses[r] = covariates[f"ct_volume_L_{r}"] * SOFT_TISSUE_KG_PER_L
+        else:
+            masses[r] = reference_mass_kg(r, sex)
     draws = {n: posterior.draws(n) for n in posterior.names}
     total = len(next(iter(draws.values())))
     idx = np.linspace(0, total - 1, min(max_draws, total)).round().astype(int)

@@ -19,8 +19,9 @@ thresholds:                   # exceedance probabilities to report (optional)
 Each scenario's nuclide defaults to the template's (``nuclide:`` may name another label whose
 template is given by ``template:``). Outputs, written atomically to the output folder:
 ``forecast.json`` (per scenario, region and quantity: mean and 90 % interval; the exceedance
-probabilities; provenance) and ``forecast.png`` (per region, the distribution of BED under each
-scenario).
+probabilities; provenance), ``forecast.png`` (per region, the distribution of BED under each
+scenario) and ``exceedance.png`` (per region, P(BED > x) against x for each scenario, with the
+file's thresholds marked).
 """
 
 from __future__ import annotations
@@ -155,9 +156,10 @@ def run_forecast(
             "scenarios_sha256": hashlib.sha256(Path(scenarios_path).read_bytes()).hexdigest(),
         },
     }
-    written = [out / "forecast.json", out / "forecast.png"]
+    written = [out / "forecast.json", out / "forecast.png", out / "exceedance.png"]
     _atomic_write(written[0], (json.dumps(doc, indent=1) + "\n").encode())
     _atomic_write(written[1], _plot(fc))
+    _atomic_write(written[2], _plot_exceedance(fc, spec.thresholds))
     return written
 
 
@@ -176,6 +178,31 @@ def _plot(fc: Forecast) -> bytes:
         ax.set_xticks(range(1, len(scen) + 1), scen, rotation=20, fontsize=8)
         ax.set_title(r)
         ax.set_ylabel("BED (Gy), 5-95 %")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plot_exceedance(fc: Forecast, thresholds) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regions = list(next(iter(fc.values.values())))
+    fig, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], regions, strict=True):
+        for s, by_region in fc.values.items():
+            x = np.sort(by_region[r]["bed_Gy"])
+            ax.step(x, 1.0 - np.arange(x.size) / x.size, where="post", label=s)
+        if "bed_Gy" in thresholds.get(r, {}):
+            ax.axvline(thresholds[r]["bed_Gy"], color="k", ls="--", lw=0.8)
+        ax.set_title(r)
+        ax.set_xlabel("BED x (Gy)")
+        ax.set_ylabel("P(BED > x)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
