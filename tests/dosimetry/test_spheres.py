@@ -161,3 +161,31 @@ def test_bad_input():
         reference_mass_kg("kidney")
     with pytest.raises(InputError, match="no reference mass for sex = 'female'"):
         reference_mass_kg("prostate", "female")
+
+
+def test_photon_cross_dose():
+    from twinjax.dosimetry import photon_cross_s_value
+
+    # The point kernel deposits all photon energy somewhere: integral of S(r) 4 pi r^2 rho dr
+    # over space (kg) equals the emitted photon energy per MBq h.
+    r = np.geomspace(1e-4, 1e4, 20001)
+    s = np.asarray(photon_cross_s_value("Lu-177", r))
+    mass_per_cm = 4 * np.pi * r**2 * 1e-3  # kg per cm of radius at 1 kg/L
+    total = np.trapezoid(s * mass_per_cm, r)
+    emitted = float(sphere_absorbed_fractions("Lu-177", 1.0)["emitted_penetrating"])
+    assert total == pytest.approx(emitted * MEV_TO_J * 3.6e9, rel=1e-3)
+    assert float(photon_cross_s_value("Y-90", 10.0)) < 1e-3 * float(
+        photon_cross_s_value("I-131", 10.0)
+    )
+    # organ_doses adds TIA_source x S_cross to the target.
+    tia = {"kidneys": 1e5, "liver": 4e5}
+    d = organ_doses("Lu-177", tia, distances_cm={"kidneys": {"liver": 12.0}})
+    self_only = organ_doses("Lu-177", tia)
+    assert float(d["kidneys"] - self_only["kidneys"]) == pytest.approx(
+        4e5 * float(photon_cross_s_value("Lu-177", 12.0)), rel=1e-12
+    )
+    assert float(d["liver"]) == float(self_only["liver"])
+    with pytest.raises(InputError, match="names source 'spleen'"):
+        organ_doses("Lu-177", tia, distances_cm={"kidneys": {"spleen": 5.0}})
+    with pytest.raises(InputError, match=r"distance_cm = \[0.0\]"):
+        photon_cross_s_value("Lu-177", np.array([0.0]))

@@ -13,6 +13,7 @@
 Units: activity MBq, time h, TIA MBq h, mass kg, density kg/L, dose Gy, S Gy/(MBq h).
 """
 
+from ._spheres import photon_cross_s_value as photon_cross_s_value
 from ._spheres import sphere_absorbed_fractions as sphere_absorbed_fractions
 from ._spheres import sphere_s_value as sphere_s_value
 from .mird import known_reference_organs as known_reference_organs

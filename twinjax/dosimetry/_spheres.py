@@ -47,7 +47,7 @@ from .. import units
 from .._errors import InputError
 from ..nuclides import DecayChain, nuclide
 
-__all__ = ["sphere_absorbed_fractions", "sphere_s_value"]
+__all__ = ["photon_cross_s_value", "sphere_absorbed_fractions", "sphere_s_value"]
 
 #: Decays per MBq h.
 DECAYS_PER_MBQH = 1e6 * units.S_PER_H
@@ -283,3 +283,32 @@ def sphere_s_value(
     )
     mev = f["beta"] + f["electrons"] + f["photons"] + rbe_alpha * (f["alphas"] + f["recoils"])
     return mev * units.J_PER_MEV * DECAYS_PER_MBQH / jnp.asarray(mass_kg, dtype=float)
+
+
+def photon_cross_s_value(
+    nuclide_name: str, distance_cm, *, density_kg_per_L=1.0, daughters="all"
+) -> Float[Array, ...]:
+    """Cross-dose S-value (Gy per MBq h of the parent in the source) at `distance_cm` from a
+    source region, treated as a point at its centroid: the photons' energy-absorption kernel of
+    the sphere model, ``sum_i E_i mu_en,i rho exp(-mu_en,i rho r) / (4 pi r^2 rho)``. Electrons
+    and alphas (millimetre ranges) add no cross-dose between organs. The point approximation
+    holds when the distance is large against both regions' sizes; the kernel stands in for
+    build-up (within about 20 % in water at 100-300 keV over 10 cm)."""
+    r = jnp.asarray(distance_cm, dtype=float)
+    if not isinstance(r, jax.core.Tracer) and not np.all(
+        np.isfinite(np.asarray(r)) & (np.asarray(r) > 0)
+    ):
+        raise InputError(f"distance_cm = {np.asarray(r).tolist()!r}; allowed: finite and > 0 (cm)")
+    rho = float(density_kg_per_L)
+    energy, mu = [], []
+    for member, weight in _chain_members(nuclide_name, daughters):
+        g = _member_groups(member)
+        if "photons" in g:
+            energy.append(weight * g["photons"][0])
+            mu.append(g["photons"][1])
+    if not energy:
+        return jnp.zeros_like(r)
+    e, m = jnp.asarray(np.concatenate(energy)), jnp.asarray(np.concatenate(mu)) * rho
+    r_ = r[..., None]
+    mev_per_g = jnp.sum(e * m * jnp.exp(-m * r_), -1) / (4.0 * math.pi * r**2 * rho)
+    return mev_per_g * 1e3 * units.J_PER_MEV * DECAYS_PER_MBQH

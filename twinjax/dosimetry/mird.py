@@ -7,8 +7,10 @@ kidney: 99.7 % of its 147.9 keV per decay), and penetrating photons with the sph
 fraction (9.5 % of Lu-177's 35.1 keV). A sphere is the most compact shape, so its photon
 absorbed fraction is an upper bound for an elongated organ; for Lu-177 photons carry 2 % of the
 kidney self-dose, so the shape matters at the 1 % level. Cross-dose between organs (photons of
-one organ absorbed in another) is not included: it needs the patient's geometry (voxel
-dosimetry, `twinjax.dosimetry.voxel`).
+one organ absorbed in another) needs the patient's geometry: exactly, by voxel
+dosimetry, `twinjax.dosimetry.voxel`); where it matters, `organ_doses(..., distances_cm=...)`
+adds photon cross-dose between regions treated as points at their centroids
+([`photon_cross_s_value`][]).
 
 Masses default to the ICRP Publication 89 reference adult (`reference_mass_kg`); pass the
 patient's CT volumes times density instead where they are known.
@@ -29,7 +31,7 @@ import yaml
 from jaxtyping import Array, Float
 
 from .._errors import InputError
-from ._spheres import sphere_s_value
+from ._spheres import photon_cross_s_value, sphere_s_value
 
 __all__ = ["known_reference_organs", "organ_doses", "reference_mass_kg"]
 
@@ -70,6 +72,7 @@ def organ_doses(
     density_kg_per_L: float = 1.0,
     daughters="all",
     rbe_alpha: float = 1.0,
+    distances_cm: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Float[Array, ...]]:
     """Self-dose of every region with a time-integrated activity (Gy).
 
@@ -80,6 +83,8 @@ def organ_doses(
     - `mass_kg`: region -> mass (kg); regions not given take their ICRP 89 reference mass for
       `sex` (an error for a region without one, e.g. a lesion).
     - `density_kg_per_L`, `daughters`, `rbe_alpha`: as [`sphere_s_value`][].
+    - `distances_cm`: ``{target: {source: centroid distance (cm)}}`` adds the photon cross-dose
+      from those sources ([`photon_cross_s_value`][]); default self-dose only.
 
     **Returns:** region -> absorbed dose (Gy), or RBE-weighted dose for `rbe_alpha` != 1.
     """
@@ -111,4 +116,19 @@ def organ_doses(
             rbe_alpha=rbe_alpha,
         )
         out[region] = tia_arr * s
+    for target, sources in (distances_cm or {}).items():
+        if target not in out:
+            raise InputError(
+                f"distances_cm names target {target!r} without a TIA; allowed: {list(out)}"
+            )
+        for source, d in sources.items():
+            if source not in tia_MBqh or source == target:
+                raise InputError(
+                    f"distances_cm[{target!r}] names source {source!r}; allowed: another region "
+                    f"with a TIA, {[r for r in out if r != target]}"
+                )
+            cross = photon_cross_s_value(
+                nuclide_name, d, density_kg_per_L=density_kg_per_L, daughters=daughters
+            )
+            out[target] = out[target] + jnp.asarray(tia_MBqh[source], dtype=float) * cross
     return out
