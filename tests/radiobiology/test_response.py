@@ -54,6 +54,7 @@ def test_progression_and_pfs():
     curve = rb.ExponentialDoseRate.uptake_clearance(25.0, 2.0, 60.0)
     t = jnp.linspace(0.0, 8000.0, 401)
 
+    @jax.jit  # one compile for the three dose levels
     def ttp(dose_scale):
         c = rb.ExponentialDoseRate(curve.amplitudes_Gy_per_h * dose_scale, curve.rates_per_h)
         r = rb.tumour_response(c, t, volume_mL=10.0, doubling_time_h=700.0,
