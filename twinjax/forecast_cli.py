@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -69,13 +68,6 @@ class _ScenarioSpec(_Strict):
     ligand_nmol: float | None = Field(default=None, gt=0)
     nuclide: str | None = None
     template: str | None = None
-
-    @field_validator("activity_MBq")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError(f"activity_MBq = {v!r}; allowed: a finite activity in MBq")
-        return v
 
 
 class ScenarioFile(_Strict):

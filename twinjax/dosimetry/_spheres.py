@@ -206,6 +206,26 @@ def _chain_members(name: str, daughters) -> list[tuple[str, float]]:
     return [m for m in members if m[0] == chain.names[0] or m[0] in keep]
 
 
+def _chain_lines(name: str, daughters) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:
+    """Every emission line of the chain (per `daughters`), weighted by its member's decays per
+    parent decay: group -> (MeV per parent decay, model data as `_member_groups`), groups
+    without lines omitted; and the recoil energy (MeV per parent decay, deposited locally)."""
+    groups: dict[str, list] = {k: [] for k in ("beta", "electrons", "alphas", "photons")}
+    recoil = 0.0
+    for member, weight in _chain_members(name, daughters):
+        g = _member_groups(member)
+        for key in groups:
+            if key in g:
+                groups[key].append((weight * g[key][0], g[key][1]))
+        recoil += weight * g["local"]
+    arrays = {
+        k: (np.concatenate([e for e, _ in v]), np.concatenate([d for _, d in v]))
+        for k, v in groups.items()
+        if v
+    }
+    return arrays, recoil
+
+
 def _areal_radius(mass_kg, density_kg_per_L):
     for field, v in (("mass_kg", mass_kg), ("density_kg_per_L", density_kg_per_L)):
         if not isinstance(v, jax.core.Tracer) and not np.all(
@@ -237,19 +257,7 @@ def sphere_absorbed_fractions(
     r = _areal_radius(mass_kg, density_kg_per_L)
     # Every line of every chain member, weighted by the member's decays per parent decay, as
     # one array per group: one vectorised evaluation per group (compiles in seconds).
-    groups: dict[str, list] = {k: [] for k in ("beta", "electrons", "alphas", "photons")}
-    recoil = 0.0
-    for member, weight in _chain_members(nuclide_name, daughters):
-        g = _member_groups(member)
-        for key in groups:
-            if key in g:
-                groups[key].append((weight * g[key][0], g[key][1]))
-        recoil += weight * g["local"]
-    arrays = {
-        k: (np.concatenate([e for e, _ in v]), np.concatenate([d for _, d in v]))
-        for k, v in groups.items()
-        if v
-    }
+    arrays, recoil = _chain_lines(nuclide_name, daughters)
     tot = {k: jnp.zeros_like(r) for k in ("beta", "electrons", "alphas", "recoils", "photons")}
     r_ = r[..., None]
     if "beta" in arrays:
@@ -318,15 +326,10 @@ def photon_cross_s_value(
     ):
         raise InputError(f"distance_cm = {np.asarray(r).tolist()!r}; allowed: finite and > 0 (cm)")
     rho = float(density_kg_per_L)
-    energy, mu = [], []
-    for member, weight in _chain_members(nuclide_name, daughters):
-        g = _member_groups(member)
-        if "photons" in g:
-            energy.append(weight * g["photons"][0])
-            mu.append(g["photons"][1])
-    if not energy:
+    arrays, _ = _chain_lines(nuclide_name, daughters)
+    if "photons" not in arrays:
         return jnp.zeros_like(r)
-    e, m = jnp.asarray(np.concatenate(energy)), jnp.asarray(np.concatenate(mu)) * rho
+    e, m = jnp.asarray(arrays["photons"][0]), jnp.asarray(arrays["photons"][1]) * rho
     r_ = r[..., None]
     mev_per_g = jnp.sum(e * m * jnp.exp(-m * r_), -1) / (4.0 * math.pi * r**2 * rho)
     return mev_per_g * 1e3 * units.J_PER_MEV * DECAYS_PER_MBQH

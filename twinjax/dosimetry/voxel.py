@@ -39,13 +39,7 @@ from scipy.integrate import cumulative_trapezoid
 from .. import units
 from .._errors import InputError
 from ..radiobiology import geud
-from ._spheres import (
-    DECAYS_PER_MBQH,
-    _chain_members,
-    _loevinger_c,
-    _loevinger_nu,
-    _member_groups,
-)
+from ._spheres import DECAYS_PER_MBQH, _chain_lines, _loevinger_c, _loevinger_nu
 
 __all__ = [
     "VoxelKernel",
@@ -98,20 +92,16 @@ def _loevinger_cdf(c: float) -> tuple[np.ndarray, np.ndarray]:
 def _energy_cdf(name: str, daughters, density: float, rbe_alpha: float):
     """(r (cm) -> cumulative non-penetrating energy within r (MeV per parent decay), local MeV,
     emitted MeV), alpha and recoil energies weighted by `rbe_alpha`."""
-    parts = []  # (kind, energy, scale): beta uses rho nu, tracks use range
-    local = 0.0
-    for member, weight in _chain_members(name, daughters):
-        g = _member_groups(member)
-        if "beta" in g:
-            for e, e_max in zip(*g["beta"], strict=True):
-                parts.append(
-                    ("beta", weight * e, density * _loevinger_nu(e_max), _loevinger_c(e_max))
-                )
-        for key, rbe in (("electrons", 1.0), ("alphas", rbe_alpha)):
-            if key in g:
-                for e, rng in zip(*g[key], strict=True):
-                    parts.append(("track", rbe * weight * e, rng / density, None))
-        local += rbe_alpha * weight * g["local"]
+    arrays, recoil = _chain_lines(name, daughters)
+    parts = []  # (kind, energy, scale, c): beta scales with rho nu, tracks end at their range
+    if "beta" in arrays:
+        for e, e_max in zip(*arrays["beta"], strict=True):
+            parts.append(("beta", e, density * _loevinger_nu(e_max), _loevinger_c(e_max)))
+    for key, rbe in (("electrons", 1.0), ("alphas", rbe_alpha)):
+        if key in arrays:
+            for e, rng in zip(*arrays[key], strict=True):
+                parts.append(("track", rbe * e, rng / density, None))
+    local = rbe_alpha * recoil
     emitted = local + sum(p[1] for p in parts)
 
     # Tabulated once on a fine radial grid (ray tracing evaluates it millions of times); the

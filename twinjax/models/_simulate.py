@@ -190,13 +190,8 @@ def simulate(
 
     **Returns:** a [`Trajectory`][].
     """
-    if not isinstance(model, CompartmentalModel):
-        raise InputError(f"model must be a CompartmentalModel, got {type(model).__name__}")
-    if not isinstance(schedule, Schedule):
-        raise InputError(f"schedule must be a twinjax.Schedule, got {type(schedule).__name__}")
-    model.check_params(params)
+    params = _check_inputs(model, params, schedule)
     times = _check_times(times_h)
-    params = {k: jnp.asarray(params[k], dtype=float) for k in model.parameter_names}
     lam = schedule.decay_constant_per_h
     if model.is_linear:
         out = _simulate_linear(model, params, schedule, times, lam)
@@ -237,6 +232,17 @@ def simulate(
         mbq_per_nmol=schedule.mbq_per_nmol,
         decay_constant_per_h=lam,
     )
+
+
+def _check_inputs(model, params, schedule) -> dict:
+    """Validate the model, schedule and parameters (before any solve); the parameters as
+    float arrays."""
+    if not isinstance(model, CompartmentalModel):
+        raise InputError(f"model must be a CompartmentalModel, got {type(model).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise InputError(f"schedule must be a twinjax.Schedule, got {type(schedule).__name__}")
+    model.check_params(params)
+    return {k: jnp.asarray(params[k], dtype=float) for k in model.parameter_names}
 
 
 def _adjoint(adjoint) -> dfx.AbstractAdjoint:
@@ -343,25 +349,11 @@ def _infusion_response(k, r, tau):
 
 
 # ---------------------------------------------------------------------------- ODE path
-def _simulate_ode(
-    model,
-    params,
-    schedule: Schedule,
-    times,
-    lam,
-    rtol,
-    atol,
-    solver,
-    adjoint,
-    max_steps,
-    tail_half_lives,
-    throw,
-):
+def _simulate_ode(model, params, schedule: Schedule, times, lam, *solve):
+    """`_ode_pieces` (`solve`: rtol, atol, solver, adjoint, max_steps, tail_half_lives, throw)
+    plus the TIA tail: ``(hot, cold, cumulated, total cumulated, success)``."""
     n = model.n_compartments
-    out, y, ok, a_end = _ode_pieces(
-        model, params, schedule, times, lam, rtol, atol, solver, adjoint, max_steps,
-        tail_half_lives, throw,
-    )  # fmt: skip
+    out, y, ok, a_end = _ode_pieces(model, params, schedule, times, lam, *solve)
     hot, cold, cum = out[:, :n], out[:, n : 2 * n], out[:, 2 * n : 3 * n]
     # Tail beyond the horizon, with occupancy frozen at its final value (then exact for hot).
     tail = -jnp.linalg.solve(a_end - lam * jnp.eye(n), y[:n])

@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._errors import InputError, SolverError
-from ..models._simulate import _adjoint, _ode_pieces
+from ..models._simulate import _adjoint, _check_inputs, _ode_pieces
 from ..models.compartmental import CompartmentalModel
 from ..schedule import Schedule
 from ._lq import LN2, _check_concrete
@@ -64,11 +64,7 @@ def bed_from_model(
     **Returns:** region -> ``{"dose_Gy", "g", "bed_Gy", "eqd2_Gy"}``. Differentiable in the
     parameters, activities and S-values (forward mode by default, as `simulate`).
     """
-    if not isinstance(model, CompartmentalModel):
-        raise InputError(f"model must be a CompartmentalModel, got {type(model).__name__}")
-    if not isinstance(schedule, Schedule):
-        raise InputError(f"schedule must be a twinjax.Schedule, got {type(schedule).__name__}")
-    model.check_params(params)
+    params = _check_inputs(model, params, schedule)
     regions = list(s_values_Gy_per_MBqh)
     if not regions:
         raise InputError("s_values_Gy_per_MBqh is empty; allowed: region -> S (Gy/(MBq h))")
@@ -110,7 +106,6 @@ def bed_from_model(
         r = per_nmol * (c @ hot)
         return jnp.concatenate([r, r - mu * q, r * q])
 
-    params = {p: jnp.asarray(params[p], dtype=float) for p in model.parameter_names}
     lam = schedule.decay_constant_per_h
     times = jnp.asarray([schedule.time_h[-1]])
     try:
