@@ -10,7 +10,7 @@ import twinjax
 from twinjax import InputError
 from twinjax import radiobiology as rb
 from twinjax.dosimetry import sphere_s_value
-from twinjax.forecast import Region, Scenario, forecast
+from twinjax.forecast import Region, Scenario, TumourGrowth, forecast
 from twinjax.imaging import Patient
 from twinjax.inference import Observed, PopulationPrior, fit
 
@@ -42,7 +42,13 @@ def result(setup):
     tpl, patient, post = setup
     regions = {
         "kidneys": Region(rb.tissue("kidney")),  # ICRP 89 mass, 0.310 kg
-        "tumour": Region(rb.tissue("prostate_cancer"), mass_kg=0.02, kind="tumour"),
+        "tumour": Region(
+            rb.tissue("prostate_cancer"),
+            mass_kg=0.02,
+            kind="tumour",
+            voxel_mm=2.0,
+            growth=TumourGrowth(doubling_time_h=1200.0, carrying_capacity_mL=400.0),
+        ),
     }
     scenarios = [
         Scenario("7.4 GBq", patient.schedule),
@@ -62,6 +68,12 @@ def test_dose_is_s_times_the_posteriors_tia(result):
     dose = fc.values["7.4 GBq"]["kidneys"]["dose_Gy"]
     # The posterior's TIA was computed at the fit's tolerance (rtol 1e-4).
     np.testing.assert_allclose(dose, s * post.draws("tia_kidneys")[idx], rtol=1e-3)
+    tia = fc.values["7.4 GBq"]["kidneys"]["tia_MBqh"]
+    np.testing.assert_allclose(tia, post.draws("tia_kidneys")[idx], rtol=1e-3)
+    # Tumour surviving fraction: the LQ survival of the draw's BED.
+    tum = fc.values["7.4 GBq"]["tumour"]
+    alpha = rb.tissue("prostate_cancer").alpha_per_Gy
+    np.testing.assert_allclose(tum["surviving_fraction"], np.exp(-alpha * tum["bed_Gy"]))
 
 
 def test_scenarios_scale_and_bed_is_superlinear(result):
@@ -95,6 +107,95 @@ def test_summary_and_exceedance(result):
     d = fc.values["7.4 GBq"]["kidneys"]["dose_Gy"]
     assert s["lower"] == pytest.approx(np.quantile(d, 0.05))
     assert s["lower"] <= s["median"] <= s["upper"]
+
+
+def test_voxel_forecast_dvh_and_bed_scaling(setup, result):
+    """Voxel doses of a uniform 20 mL ball: the mean is the region's dose; the rim is colder
+    than the core, where the dose is the local one, so core / mean = 1 / (the sphere model's
+    absorbed fraction of the electrons) (an independent calculation, `_spheres`); and a voxel's
+    BED is that of the region's dose-rate curve scaled by the voxel's relative dose (checked
+    against `bed_from_model` with S x r)."""
+    from twinjax.dosimetry import sphere_absorbed_fractions
+
+    fc, post = result
+    tpl = setup[0]
+    sc = "2 x 7.4 GBq, 6 weeks"
+    rel = fc.voxels[sc]["tumour"]["dose"]
+    assert rel.mean() == pytest.approx(1.0, rel=1e-12)
+    af = sphere_absorbed_fractions("Lu-177", 0.02)
+    phi = float((af["beta"] + af["electrons"]) / af["emitted_nonpenetrating"])
+    assert rel.max() == pytest.approx(1.0 / phi, rel=2e-3)
+    assert rel.min() < 0.97
+    q = fc.values[sc]["tumour"]
+    assert np.all(q["dose_min_Gy"] < q["dose_d90_Gy"])
+    assert np.all(q["dose_d90_Gy"] < q["dose_d50_Gy"])
+    assert np.all(q["dose_d50_Gy"] <= q["dose_d2_Gy"])
+    # The coldest voxel of draw 0 as its own region: S x r_min in the model's ODE.
+    base = post.prior.base
+    theta = {n: post.draws(n)[0] for n in post.names}
+    params = tpl.derive({**base, **theta})
+    s = float(sphere_s_value("Lu-177", 0.02))
+    sched = twinjax.Schedule.cycles(7400.0, 2, 1008.0, ligand_nmol=57.0)
+    cold = rb.bed_from_model(tpl.model, params, sched, {"tumour": s * rel.min()},
+                             {"tumour": rb.tissue("prostate_cancer")}, rtol=1e-8, atol=1e-11)  # fmt: skip
+    assert float(q["bed_min_Gy"][0]) == pytest.approx(float(cold["tumour"]["bed_Gy"]), rel=1e-5)
+    # DVH band: per draw, the DVH of that draw's voxel doses (`dose_volume_histogram`).
+    from twinjax.dosimetry import dose_volume_histogram
+
+    x = np.linspace(0.0, q["dose_d2_Gy"].max() * 1.05, 30)
+    dvh = fc.dvh(sc, "tumour", bins=x)
+    per_draw = np.stack([
+        dose_volume_histogram(d * rel, np.ones(rel.size, bool), bins=x)[1] for d in q["dose_Gy"]
+    ])  # fmt: skip
+    np.testing.assert_allclose(dvh["median"], np.median(per_draw, axis=0), atol=1e-12)
+    assert dvh["median"][0] == 1.0 and dvh["median"][-1] == 0.0
+    assert np.all(np.diff(dvh["median"]) <= 0)
+    assert np.all(dvh["lower"] <= dvh["median"]) and np.all(dvh["median"] <= dvh["upper"])
+    with pytest.raises(InputError, match="has no voxel forecast"):
+        fc.dvh(sc, "kidneys")
+
+
+def test_relative_voxel_dose_lu177_smooths_heterogeneous_uptake_more_than_ac225():
+    """The review's finding (Hong et al. [58]): 177Lu's mm electron range spreads dose across
+    uneven uptake, 225Ac's 50-90 um alphas keep it where the ligand sits."""
+    from twinjax.forecast import _relative_voxel_dose
+
+    rng = np.random.default_rng(0)
+    uptake = rng.gamma(1.0, size=(12, 12, 12)) + 1e-3  # strongly uneven, 0.25 mm voxels
+    cv = {}
+    for nuc in ("Lu-177", "Ac-225"):
+        reg = Region(rb.tissue("prostate_cancer"), kind="tumour", voxel_mm=0.25, uptake_map=uptake)
+        r = _relative_voxel_dose(reg, 1.0, nuc, 1.0)
+        assert r.shape == (12**3,) and r.mean() == pytest.approx(1.0)
+        cv[nuc] = r.std()
+    assert cv["Lu-177"] < 0.5 * cv["Ac-225"]
+    assert cv["Ac-225"] > 0.7 * uptake.std() / uptake.mean()
+
+
+def test_tumour_response_curves_and_pfs(result):
+    fc, _ = result
+    one, two = "7.4 GBq", "14.8 GBq"
+    c = fc.curves[one]["tumour"]
+    assert c["volume_mL"].shape == (40, fc.times_h.size)
+    np.testing.assert_allclose(c["volume_mL"][:, 0], 20.0)  # 0.02 kg at unit density
+    assert np.all(c["volume_mL"].min(axis=1) < 20.0)  # every draw shrinks
+    # Twice the activity kills more: never an earlier progression, draw by draw.
+    assert np.all(fc.values[two]["tumour"]["ttp_h"] >= fc.values[one]["tumour"]["ttp_h"])
+    pfs = fc.progression_free_survival(one, "tumour")["pfs"]
+    assert pfs[0] == 1.0 and np.all(np.diff(pfs) <= 0)
+    ttp = fc.values[one]["tumour"]["ttp_h"]
+    assert pfs[-1] == pytest.approx(np.mean(ttp > fc.times_h[-1]))
+    band = fc.volume_curves(one, "tumour")
+    assert np.all(band["volume_mL"]["lower"] <= band["volume_mL"]["upper"])
+
+
+def test_uncertainty_budget_of_a_forecast(result):
+    fc, _ = result
+    b = fc.uncertainty_budget("7.4 GBq", "kidneys", mass_cv=0.1, calibration_cv=0.05)
+    tia = fc.values["7.4 GBq"]["kidneys"]["tia_MBqh"]
+    assert b["variance"]["kinetics"] == pytest.approx(np.var(np.log(tia), ddof=1))
+    assert sum(b["share"].values()) == pytest.approx(1.0)
+    assert b["dose_Gy"] == pytest.approx(np.median(fc.values["7.4 GBq"]["kidneys"]["dose_Gy"]))
 
 
 def test_masses_from_ct_volumes(setup):

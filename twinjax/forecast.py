@@ -12,12 +12,33 @@ separately). The result keeps every draw, so any summary can be computed: credib
 (`Forecast.summary`) and exceedance probabilities (`Forecast.exceedance`, e.g. P(kidney BED >
 40 Gy)).
 
-Units: dose, BED, EQD2 Gy; probabilities in [0, 1].
+Per region and draw: ``tia_MBqh``, ``dose_Gy``, ``bed_Gy``, ``eqd2_Gy``, ``g``; NTCP (LKB) for
+organs; surviving fraction ``exp(-alpha BED)`` and TCP for tumours.
+
+- **Voxels.** A region with `Region.voxel_mm` is also forecast voxel by voxel: its activity is
+  spread over its voxels as `Region.uptake_map` says (default: uniformly over a ball of its
+  volume), convolved with the voxel S-value kernel of the scenario's nuclide, and scaled so
+  that the region's mean dose is the draw's dose. All voxels of a region share its time course,
+  so a voxel with relative dose r has dose ``r D`` and ``BED = r D_w + r^2 (BED - D_w)`` (D_w:
+  the RBE-weighted dose) exactly. Adds ``dose_min_Gy``, ``dose_d98_Gy``, ``dose_d90_Gy``,
+  ``dose_d50_Gy``, ``dose_d2_Gy`` and the same for BED per draw (``Dx``: the minimum of the
+  hottest x % of the voxels, as `twinjax.dosimetry.dose_metrics`); `Forecast.dvh` gives the cumulative
+  dose-volume histogram with its credible band.
+- **Tumour response.** A tumour region with `Region.growth` ([`TumourGrowth`][]) gets lesion
+  volume and marker curves per draw from the response ODE riding in the model's ODE
+  ([`twinjax.radiobiology.response_from_model`][]), the time to progression ``ttp_h`` and
+  `Forecast.progression_free_survival`.
+- **Uncertainty budget.** `Forecast.uncertainty_budget` splits each region's dose variance into
+  kinetics (the posterior's TIA spread), calibration, segmented mass and S-value
+  ([`twinjax.dosimetry.dose_uncertainty_budget`][]).
+
+Units: dose, BED, EQD2 Gy; TIA MBq h; time h; volume mL; probabilities in [0, 1].
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -26,12 +47,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import InputError
-from .dosimetry import reference_mass_kg, sphere_s_value
+from .dosimetry import (
+    dose_map,
+    dose_metrics,
+    dose_uncertainty_budget,
+    reference_mass_kg,
+    sphere_s_value,
+    voxel_s_kernel,
+)
 from .models.library import Template
-from .radiobiology import Tissue, bed_from_model, ntcp_lkb, tcp
+from .nuclides import nuclide
+from .radiobiology import (
+    Tissue,
+    bed_from_model,
+    ntcp_lkb,
+    progression_free_survival,
+    response_from_model,
+    tcp,
+    time_to_progression,
+)
 from .schedule import Schedule
 
-__all__ = ["Forecast", "Region", "Scenario", "forecast"]
+__all__ = ["Forecast", "Region", "Scenario", "TumourGrowth", "forecast"]
 
 #: Organ density (kg/L) for masses from CT volumes: a typical soft-tissue value (ICRP 89 gives
 #: 1.05 for the kidneys); pass `Region.mass_kg` where the organ's own density matters.
@@ -62,27 +99,109 @@ class Scenario:
 
 
 @dataclasses.dataclass(frozen=True)
+class TumourGrowth:
+    """Growth of a lesion for its response forecast (see
+    [`twinjax.radiobiology.tumour_response`][]): untreated volume `doubling_time_h` (h),
+    `growth` ``"gompertz"`` (with `carrying_capacity_mL`) or ``"exponential"``,
+    `clearance_half_time_h` of lethally hit cells and `marker_half_life_h` of the burden marker.
+    The baseline volume is the region's volume at unit density."""
+
+    doubling_time_h: float
+    growth: Literal["gompertz", "exponential"] = "gompertz"
+    carrying_capacity_mL: float | None = None
+    clearance_half_time_h: float = 72.0
+    marker_half_life_h: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Region:
     """A region to forecast: its `tissue` (a [`twinjax.radiobiology.Tissue`][] or ``(alpha_beta_Gy,
     repair_half_time_h)``), `mass_kg` (default: the patient's CT volume of the region,
     covariate ``ct_volume_L_<region>``, at `SOFT_TISSUE_KG_PER_L`; else the ICRP 89 reference
     mass of the region's name)
     and `kind` (``"organ"``: NTCP where the tissue has LKB parameters; ``"tumour"``: TCP where it
-    has alpha and a clonogen density, for the region's volume at unit density)."""
+    has alpha and a clonogen density, for the region's volume at unit density).
+
+    Optional: `voxel_mm` (voxel edge, mm) for a voxel-level forecast, with `uptake_map` (3-D
+    array of relative uptake >= 0 on that voxel grid, the region being its positive voxels,
+    e.g. from a SPECT scan; default a ball of the region's volume, uniform); `growth` (a
+    [`TumourGrowth`][], tumours only) for lesion volume curves (module docs)."""
 
     tissue: Tissue | tuple[float, float]
     mass_kg: float | None = None
     kind: Literal["organ", "tumour"] = "organ"
+    voxel_mm: float | None = None
+    uptake_map: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    growth: TumourGrowth | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("organ", "tumour"):
+            raise InputError(f"Region.kind = {self.kind!r}; allowed: 'organ' or 'tumour'")
+        if self.mass_kg is not None and not (np.isfinite(self.mass_kg) and self.mass_kg > 0):
+            raise InputError(f"Region.mass_kg = {self.mass_kg!r}; allowed: finite and > 0 (kg)")
+        if self.voxel_mm is not None and not (np.isfinite(self.voxel_mm) and self.voxel_mm > 0):
+            raise InputError(f"Region.voxel_mm = {self.voxel_mm!r}; allowed: finite and > 0 (mm)")
+        if self.uptake_map is not None:
+            m = np.asarray(self.uptake_map, dtype=float)
+            if self.voxel_mm is None:
+                raise InputError("Region.uptake_map needs Region.voxel_mm (its voxel edge, mm)")
+            if m.ndim != 3 or not np.all(np.isfinite(m)) or np.any(m < 0) or not np.any(m > 0):
+                raise InputError(
+                    f"Region.uptake_map has shape {m.shape}, min {np.nanmin(m) if m.size else None}"
+                    "; allowed: a 3-D array, finite, >= 0, with at least one positive voxel"
+                )
+        if self.growth is not None:
+            if self.kind != "tumour":
+                raise InputError("Region.growth is for kind = 'tumour' regions only")
+            if not isinstance(self.tissue, Tissue) or self.tissue.alpha_per_Gy is None:
+                raise InputError(
+                    f"Region.growth needs a tissue with alpha_per_Gy; got {self.tissue!r}"
+                )
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel(name: str, voxel_mm: float, rbe_alpha: float):
+    """Voxel kernels are reused across scenarios, regions and forecasts (seconds each)."""
+    return voxel_s_kernel(name, voxel_mm, rbe_alpha=rbe_alpha)
+
+
+def _relative_voxel_dose(region: Region, mass_kg: float, nuclide: str, rbe_alpha: float):
+    """Voxel doses of the region relative to its mean (mean 1), equal-volume voxels."""
+    h = float(region.voxel_mm)
+    if region.uptake_map is not None:
+        uptake = np.asarray(region.uptake_map, dtype=float)
+    else:  # a uniform ball of the region's volume at unit density
+        radius = (3.0 * mass_kg * 1e6 / (4.0 * np.pi)) ** (1.0 / 3.0) / h  # in voxels
+        n = int(np.ceil(radius)) + 1
+        x = np.arange(-n, n + 1)
+        r2 = x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2
+        uptake = (r2 <= radius**2).astype(float)
+        if uptake.sum() < 1:
+            uptake[n, n, n] = 1.0
+    mask = uptake > 0
+    kernel = _kernel(nuclide, h, float(rbe_alpha))
+    d = np.asarray(dose_map(uptake / uptake.sum(), kernel))[mask]
+    return d / d.mean()
+
+
+_DOSE_METRICS = {"min": "min", "d98": "D98", "d90": "D90", "d50": "D50", "d2": "D2"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Forecast:
-    """Outcome draws: ``values[scenario][region][quantity]`` arrays ``(draws,)``; quantities
-    ``dose_Gy`` (physical), ``bed_Gy``, ``eqd2_Gy``, ``g``, and ``ntcp`` / ``tcp`` where
-    defined."""
+    """Outcome draws: ``values[scenario][region][quantity]`` arrays ``(draws,)`` (module docs
+    for the quantities); ``curves[scenario][region]`` lesion ``volume_mL`` and ``marker``
+    ``(draws, T)`` at `times_h`; ``voxels[scenario][region]`` relative voxel doses (physical
+    ``dose``, RBE-weighted ``weighted``); ``masses_kg`` per region and ``nuclides`` per
+    scenario, as used."""
 
     values: dict[str, dict[str, dict[str, np.ndarray]]]
     n_draws: int
+    masses_kg: dict[str, float] = dataclasses.field(default_factory=dict)
+    nuclides: dict[str, str] = dataclasses.field(default_factory=dict)
+    times_h: np.ndarray | None = None
+    curves: dict[str, dict[str, dict[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
+    voxels: dict[str, dict[str, dict[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
 
     def _get(self, scenario, region, quantity) -> np.ndarray:
         try:
@@ -95,19 +214,23 @@ class Forecast:
 
     def summary(self, level: float = 0.9) -> dict:
         """Mean and central `level` credible interval of every quantity:
-        ``{scenario: {region: {quantity: {"mean", "lower", "median", "upper"}}}}``."""
-        if not 0.0 < level < 1.0:
-            raise InputError(f"level = {level!r}; allowed: in (0, 1)")
-        lo, hi = (1.0 - level) / 2.0, 1.0 - (1.0 - level) / 2.0
+        ``{scenario: {region: {quantity: {"mean", "lower", "median", "upper"}}}}``. A
+        quantity with infinite draws (``ttp_h`` of draws that never progress) reports
+        quantiles only, and ``"mean": None``."""
+        lo, hi = _band(level)
         out: dict = {}
         for s, regions in self.values.items():
             out[s] = {}
             for r, qs in regions.items():
                 out[s][r] = {}
                 for q, v in qs.items():
-                    a, m, b = np.quantile(v, [lo, 0.5, hi])
+                    finite = bool(np.all(np.isfinite(v)))
+                    # No interpolation between infinite draws (a time to progression beyond
+                    # the horizon): the empirical quantile itself.
+                    how = "linear" if finite else "inverted_cdf"
+                    a, m, b = np.quantile(v, [lo, 0.5, hi], method=how)
                     out[s][r][q] = {
-                        "mean": float(v.mean()),
+                        "mean": float(v.mean()) if finite else None,
                         "lower": float(a),
                         "median": float(m),
                         "upper": float(b),
@@ -117,6 +240,74 @@ class Forecast:
     def exceedance(self, region: str, quantity: str, threshold: float) -> dict[str, float]:
         """P(quantity > threshold) in `region` for every scenario (fraction of draws)."""
         return {s: float(np.mean(self._get(s, region, quantity) > threshold)) for s in self.values}
+
+    def dvh(self, scenario: str, region: str, *, quantity: str = "dose_Gy", bins=None,
+            level: float = 0.9) -> dict[str, np.ndarray]:  # fmt: skip
+        """Cumulative dose-volume (or BED-volume, ``quantity="bed_Gy"``) histogram of a
+        voxel-level region: ``{"x", "median", "lower", "upper"}``, the fraction of the region's
+        volume receiving at least x (Gy) with its central `level` band over the draws; `bins`
+        x values (default 200 up to the hottest voxel of the 99th-percentile draw)."""
+        v = self._voxel_values(scenario, region, quantity)
+        x = np.linspace(0.0, np.quantile(v.max(axis=1), 0.99), 200) if bins is None else bins
+        x = np.asarray(x, dtype=float)
+        srt = np.sort(v, axis=1)
+        frac = np.stack([1.0 - np.searchsorted(row, x, side="left") / row.size for row in srt])
+        lo, hi = _band(level)
+        a, m, b = np.quantile(frac, [lo, 0.5, hi], axis=0)
+        return {"x": x, "median": m, "lower": a, "upper": b}
+
+    def _voxel_values(self, scenario, region, quantity) -> np.ndarray:
+        """Voxel values ``(draws, voxels)`` of `quantity` (``dose_Gy`` or ``bed_Gy``)."""
+        vox = self.voxels.get(scenario, {}).get(region)
+        if vox is None:
+            raise InputError(
+                f"region {region!r} of scenario {scenario!r} has no voxel forecast; allowed: "
+                f"{sorted({r for v in self.voxels.values() for r in v})} (set Region.voxel_mm)"
+            )
+        return _voxel_values(self.values[scenario][region], vox, quantity)
+
+    def volume_curves(self, scenario: str, region: str, level: float = 0.9) -> dict:
+        """Median and central `level` band of the lesion volume (mL) and marker over
+        `times_h`: ``{"times_h", "volume_mL": {"median", "lower", "upper"}, "marker": {...}}``."""
+        c = self.curves.get(scenario, {}).get(region)
+        if c is None:
+            raise InputError(
+                f"region {region!r} of scenario {scenario!r} has no response forecast; set "
+                "Region.growth on a tumour region"
+            )
+        lo, hi = _band(level)
+        out: dict = {"times_h": self.times_h}
+        for k in ("volume_mL", "marker"):
+            a, m, b = np.quantile(c[k], [lo, 0.5, hi], axis=0)
+            out[k] = {"median": m, "lower": a, "upper": b}
+        return out
+
+    def progression_free_survival(self, scenario: str, region: str, times_h=None) -> dict:
+        """P(not progressed by t) over the draws, at `times_h` (default the forecast's):
+        ``{"times_h", "pfs"}``; progression is regrowth past baseline after the nadir."""
+        ttp = self._get(scenario, region, "ttp_h")
+        t = self.times_h if times_h is None else np.asarray(times_h, dtype=float)
+        return {"times_h": t, "pfs": progression_free_survival(ttp, t)}
+
+    def uncertainty_budget(self, scenario: str, region: str, **cvs) -> dict:
+        """Variance budget of the region's absorbed dose under `scenario`: kinetics (the spread
+        of the draws' TIA), calibration, mass and S-value; keyword arguments as
+        [`twinjax.dosimetry.dose_uncertainty_budget`][] (`mass_cv`, `calibration_cv`,
+        `s_value_cv`, ...)."""
+        tia = self._get(scenario, region, "tia_MBqh")
+        return dose_uncertainty_budget(tia, self.nuclides[scenario], self.masses_kg[region], **cvs)
+
+
+def _band(level: float) -> tuple[float, float]:
+    if not 0.0 < level < 1.0:
+        raise InputError(f"level = {level!r}; allowed: in (0, 1)")
+    return (1.0 - level) / 2.0, 1.0 - (1.0 - level) / 2.0
+
+
+def _default_times(schedules: Sequence[Schedule]) -> np.ndarray:
+    """Weekly from the first administration to a year after the last one of any scenario."""
+    t_end = max(float(np.asarray(s.time_h)[-1]) for s in schedules) + 8760.0
+    return np.arange(0.0, t_end + 1.0, 168.0)
 
 
 def forecast(
@@ -128,6 +319,7 @@ def forecast(
     max_draws: int = 200,
     rbe_alpha: float = 5.0,
     sex: Literal["male", "female"] = "male",
+    times_h=None,
     rtol: float = 1e-6,
     atol: float = 1e-9,
 ) -> Forecast:
@@ -141,7 +333,10 @@ def forecast(
     - `regions`: imaging region (e.g. ``"kidneys"``, ``"tumour"``) -> [`Region`][].
     - `max_draws`: draws used (evenly thinned across chains).
     - `rbe_alpha`: RBE of alpha particles and recoils for BED, EQD2, NTCP and TCP.
-    - `sex`: for reference masses. `rtol`, `atol`: ODE tolerances.
+    - `sex`: for reference masses.
+    - `times_h`: output times of lesion volume curves (h from the first administration;
+      default weekly to a year after the last administration).
+    - `rtol`, `atol`: ODE tolerances.
 
     **Returns:** a [`Forecast`][].
     """
@@ -154,6 +349,21 @@ def forecast(
         raise InputError("regions is empty; allowed: region name -> Region")
     if not isinstance(max_draws, int) or max_draws < 1:
         raise InputError(f"max_draws = {max_draws!r}; allowed: an integer >= 1")
+    growing = [r for r, spec in regions.items() if spec.growth is not None]
+    if times_h is None:
+        times = _default_times([sc.schedule for sc in scenarios])
+    else:
+        times = np.asarray(times_h, dtype=float)
+        if (
+            times.ndim != 1
+            or times.size < 2
+            or not np.all(np.isfinite(times))
+            or np.any(np.diff(times) <= 0)
+            or times[0] < 0
+        ):
+            raise InputError(
+                f"times_h = {times_h!r}; allowed: at least two increasing finite times >= 0 (h)"
+            )
     covariates = _covariates(posterior)
     masses = {}
     for r, spec in regions.items():
@@ -170,40 +380,102 @@ def forecast(
     theta = {n: jnp.asarray(v[idx]) for n, v in draws.items()}
     base = posterior.prior.base
     tissues = {r: spec.tissue for r, spec in regions.items()}
+    groups = {r: template.roi(r) for r in regions}
 
     values: dict = {}
+    curves: dict = {}
+    voxels: dict = {}
     for sc in scenarios:
         tpl = sc.template or template
         nuc = sc.schedule.nuclide
         s_w = {r: float(sphere_s_value(nuc, masses[r], rbe_alpha=rbe_alpha)) for r in regions}
         s_phys = {r: float(sphere_s_value(nuc, masses[r])) for r in regions}
-        groups = {r: template.roi(r) for r in regions}
 
-        def one(th, tpl=tpl, sc=sc, s_w=s_w, groups=groups):
+        def one(th, tpl=tpl, sc=sc, s_w=s_w):
             params = tpl.derive({**base, **th})
-            return bed_from_model(
+            out = bed_from_model(
                 tpl.model, params, sc.schedule, s_w, tissues, groups=groups, rtol=rtol, atol=atol
             )
+            resp = {}
+            for r in growing:
+                g, vol = regions[r].growth, masses[r] * 1e3
+                tr = response_from_model(
+                    tpl.model, params, sc.schedule, s_w[r], times, tissue=regions[r].tissue,
+                    volume_mL=vol, doubling_time_h=g.doubling_time_h, growth=g.growth,
+                    carrying_capacity_mL=g.carrying_capacity_mL,
+                    clearance_half_time_h=g.clearance_half_time_h,
+                    marker_half_life_h=g.marker_half_life_h, region=groups[r], rtol=rtol,
+                    atol=atol,
+                )  # fmt: skip
+                resp[r] = {"volume_mL": tr.volume_mL, "marker": tr.marker}
+            return out, resp
 
-        out = jax.jit(jax.vmap(one))(theta)
-        values[sc.name] = {}
+        out, resp = jax.jit(jax.vmap(one))(theta)
+        values[sc.name], curves[sc.name], voxels[sc.name] = {}, {}, {}
         for r, spec in regions.items():
             res = {q: np.asarray(v) for q, v in out[r].items()}
-            res["dose_Gy"] = res["dose_Gy"] * (s_phys[r] / s_w[r])
+            res["weighted_dose_Gy"] = res["dose_Gy"]
+            res["tia_MBqh"] = res["dose_Gy"] / s_w[r]
+            res["dose_Gy"] = res["tia_MBqh"] * s_phys[r]
             t = spec.tissue
             if spec.kind == "organ" and isinstance(t, Tissue) and t.lkb is not None:
                 res["ntcp"] = np.asarray(
                     jax.vmap(lambda e, t=t: ntcp_lkb(e, lkb=t))(res["eqd2_Gy"])
                 )
-            if (
-                spec.kind == "tumour"
-                and isinstance(t, Tissue)
-                and t.alpha_per_Gy is not None
-                and t.clonogen_density_per_cm3 is not None
-            ):
-                vol = masses[r] * 1e3  # cm^3 at unit density
-                res["tcp"] = np.asarray(
-                    jax.vmap(lambda b, t=t, vol=vol: tcp(b, vol, tissue=t))(res["bed_Gy"])
+            if spec.kind == "tumour" and isinstance(t, Tissue) and t.alpha_per_Gy is not None:
+                # exp(-alpha D - beta G D^2) = exp(-alpha BED), RBE-weighted
+                res["surviving_fraction"] = np.exp(-t.alpha_per_Gy * res["bed_Gy"])
+                if t.clonogen_density_per_cm3 is not None:
+                    vol = masses[r] * 1e3  # cm^3 at unit density
+                    res["tcp"] = np.asarray(
+                        jax.vmap(lambda b, t=t, vol=vol: tcp(b, vol, tissue=t))(res["bed_Gy"])
+                    )
+            if r in resp:
+                c = {k: np.asarray(v) for k, v in resp[r].items()}
+                curves[sc.name][r] = c
+                res["ttp_h"] = np.asarray(time_to_progression(times, c["volume_mL"]))
+            if spec.voxel_mm is not None:
+                rel_p = _relative_voxel_dose(spec, masses[r], nuc, 1.0)
+                rel_w = (
+                    _relative_voxel_dose(spec, masses[r], nuc, rbe_alpha)
+                    if _has_alpha(nuc)
+                    else rel_p
                 )
+                voxels[sc.name][r] = {"dose": rel_p, "weighted": rel_w}
+                # Dx of the voxel doses (`dose_metrics`' convention) at the relative doses:
+                # every voxel's dose and BED increase with its r.
+                for kind, stem in (("dose", "dose"), ("weighted", "bed")):
+                    rel = voxels[sc.name][r][kind]
+                    m = dose_metrics(rel, np.ones(rel.size, bool))
+                    for name, key in _DOSE_METRICS.items():
+                        one = {
+                            "dose": np.full(1, float(m[key])),
+                            "weighted": np.full(1, float(m[key])),
+                        }
+                        res[f"{stem}_{name}_Gy"] = _voxel_values(res, one, f"{stem}_Gy")[:, 0]
             values[sc.name][r] = res
-    return Forecast(values=values, n_draws=len(idx))
+    return Forecast(
+        values=values,
+        n_draws=len(idx),
+        masses_kg=masses,
+        nuclides={sc.name: sc.schedule.nuclide for sc in scenarios},
+        times_h=times if growing else None,
+        curves={s: c for s, c in curves.items() if c},
+        voxels={s: v for s, v in voxels.items() if v},
+    )
+
+
+def _has_alpha(name: str) -> bool:
+    """Whether the nuclide's chain emits alpha particles (RBE-weighted kernels then differ)."""
+    return nuclide(name).chain.energy_per_parent_decay_MeV("alpha") > 0.0
+
+
+def _voxel_values(q: Mapping[str, np.ndarray], vox: Mapping[str, np.ndarray], quantity: str):
+    """Voxel values ``(draws, voxels)`` of `quantity` from a region's draws `q` and relative
+    voxel doses `vox` (module docs: D_v = r D, BED_v = r D_w + r^2 (BED - D_w))."""
+    if quantity == "dose_Gy":
+        return q["dose_Gy"][:, None] * vox["dose"][None, :]
+    if quantity == "bed_Gy":
+        lin = q["weighted_dose_Gy"][:, None]
+        return lin * vox["weighted"] + (q["bed_Gy"][:, None] - lin) * vox["weighted"] ** 2
+    raise InputError(f"quantity = {quantity!r}; allowed: 'dose_Gy' or 'bed_Gy'")

@@ -118,3 +118,43 @@ def test_bad_input(linear):
         )
     with pytest.raises(InputError, match="region 'liver'"):
         rb.bed_from_model(linear.model, linear.params, sched, {"liver": S}, {"liver": TISSUE})
+
+
+def test_response_from_model_equals_the_closed_form_curve(linear):
+    """The response ODE riding in the model's ODE equals `tumour_response` driven by the
+    model's exact dose-rate curve (two cycles, the second mid-regrowth), and without growth the
+    surviving fraction at the end is exp(-alpha BED) of `bed_from_model`."""
+    pc = rb.tissue("prostate_cancer")
+    sched = twinjax.Schedule.cycles(7400.0, 2, 500.0, ligand_nmol=57.0)
+    t = jnp.array([0.0, 10.0, 200.0, 499.0, 700.0, 1500.0, 3000.0])
+    grow = dict(volume_mL=5.0, doubling_time_h=900.0, growth="gompertz", carrying_capacity_mL=80.0)
+    got = rb.response_from_model(
+        linear.model, linear.params, sched, 10 * S, t, tissue=pc, region="tumour", rtol=1e-10,
+        atol=1e-13, **grow,
+    )  # fmt: skip
+    curves = [
+        rb.ExponentialDoseRate(c.amplitudes_Gy_per_h * 10, c.rates_per_h, start_h=c.start_h)
+        for c in _exponential_curves(linear, sched, "tumour")
+    ]
+    ref = rb.tumour_response(
+        curves, t, alpha_per_Gy=pc.alpha_per_Gy, alpha_beta_Gy=pc.alpha_beta_Gy,
+        repair_half_time_h=pc.repair_half_time_h, rtol=1e-10, atol=1e-13, **grow,
+    )  # fmt: skip
+    np.testing.assert_allclose(got.volume_mL, ref.volume_mL, rtol=1e-6)
+    np.testing.assert_allclose(got.marker, ref.marker, rtol=1e-6)
+    assert float(got.volume_mL[0]) == 5.0
+    assert float(jnp.min(got.volume_mL)) < 5.0  # the lesion shrinks
+    # No growth: N(end)/N0 = exp(-alpha BED), the LQ survival of the same dose-rate curve.
+    still = rb.response_from_model(
+        linear.model, linear.params, sched, 10 * S, jnp.array([8000.0]), tissue=pc,
+        region="tumour", volume_mL=5.0, doubling_time_h=1e15, growth="exponential", rtol=1e-10,
+        atol=1e-13,
+    )  # fmt: skip
+    bed = rb.bed_from_model(linear.model, linear.params, sched, {"tumour": 10 * S},
+                            {"tumour": pc}, rtol=1e-10, atol=1e-13)["tumour"]["bed_Gy"]  # fmt: skip
+    assert float(still.viable_fraction[0]) == pytest.approx(
+        float(jnp.exp(-pc.alpha_per_Gy * bed)), rel=1e-6
+    )
+    with pytest.raises(InputError, match="alpha_per_Gy"):
+        rb.response_from_model(linear.model, linear.params, sched, S, t, tissue=rb.tissue("kidney"),
+                               volume_mL=1.0, doubling_time_h=10.0, growth="exponential")  # fmt: skip

@@ -24,6 +24,7 @@ from ._lq import eqd2 as eqd2
 from ._lq import eqd2_from_bed as eqd2_from_bed
 from ._lq import protraction_factor as protraction_factor
 from ._model_bed import bed_from_model as bed_from_model
+from ._model_bed import response_from_model as response_from_model
 from ._response import TumourResponse as TumourResponse
 from ._response import progression_free_survival as progression_free_survival
 from ._response import time_to_progression as time_to_progression

@@ -27,9 +27,10 @@ from ..models._simulate import _adjoint, _check_inputs, _ode_pieces
 from ..models.compartmental import CompartmentalModel
 from ..schedule import Schedule
 from ._lq import LN2, _check_concrete
+from ._response import TumourResponse, _kinetics, _trajectory
 from ._tissues import Tissue
 
-__all__ = ["bed_from_model"]
+__all__ = ["bed_from_model", "response_from_model"]
 
 
 def bed_from_model(
@@ -74,13 +75,9 @@ def bed_from_model(
             f"tissues has no entry for regions {missing}; allowed: a Tissue or (alpha_beta_Gy, "
             "repair_half_time_h) per region"
         )
-    idx, ab, mu = [], [], []
+    c = _membership(model, regions, groups)
+    ab, mu = [], []
     for r in regions:
-        try:
-            members = (groups or {}).get(r, (r,))
-            idx.append(np.concatenate([np.asarray(model.group(g)) for g in members]))
-        except Exception as err:
-            raise InputError(f"region {r!r}: {err}") from None
         t = tissues[r]
         a, trep = (t.alpha_beta_Gy, t.repair_half_time_h) if isinstance(t, Tissue) else t
         _check_concrete(f"tissues[{r!r}] alpha_beta_Gy", a, "> 0 (Gy)", lambda v: np.all(v > 0))
@@ -94,11 +91,6 @@ def bed_from_model(
     _check_concrete("rbe", rbe, "> 0", lambda v: np.all(v > 0))
     ab, mu = jnp.stack(ab), jnp.stack(mu)
     n, k = model.n_compartments, len(regions)
-    # Region membership as a (k, n) matrix: R = S * MBq/nmol * (C @ hot).
-    c = np.zeros((k, n))
-    for i, g in enumerate(idx):
-        c[i, g] = 1.0
-    c = jnp.asarray(c)
     per_nmol = s * schedule.mbq_per_nmol
 
     def f_extra(hot, z):
@@ -114,10 +106,7 @@ def bed_from_model(
             max_steps, tail_half_lives, True, extra=(3 * k, f_extra),
         )  # fmt: skip
     except eqx.EquinoxRuntimeError as err:  # raised when called outside jit
-        raise SolverError(
-            f"the ODE solve of model {model.name!r} with repair integrals failed: "
-            f"{str(err).splitlines()[0]} (max_steps={max_steps}, rtol={rtol}, atol={atol})"
-        ) from None
+        raise _solver_error(model, "repair integrals", err, max_steps, rtol, atol) from None
     hot = y[:n]
     dose, q, j = y[3 * n : 3 * n + k], y[3 * n + k : 3 * n + 2 * k], y[3 * n + 2 * k :]
     m = a_end - lam * jnp.eye(n)
@@ -140,3 +129,104 @@ def bed_from_model(
             "eqd2_Gy": bed[i] / (1.0 + 2.0 / ab[i]),
         }
     return out
+
+
+def _membership(model, regions, groups) -> Array:
+    """Region membership as a ``(regions, compartments)`` 0/1 matrix C, so that a region's
+    activity is ``MBq/nmol * (C @ hot)``."""
+    c = np.zeros((len(regions), model.n_compartments))
+    for i, r in enumerate(regions):
+        try:
+            members = (groups or {}).get(r, (r,))
+            c[i, np.concatenate([np.asarray(model.group(g)) for g in members])] = 1.0
+        except Exception as err:
+            raise InputError(f"region {r!r}: {err}") from None
+    return jnp.asarray(c)
+
+
+def _solver_error(model, what, err, max_steps, rtol, atol) -> SolverError:
+    return SolverError(
+        f"the ODE solve of model {model.name!r} with {what} failed: "
+        f"{str(err).splitlines()[0]} (max_steps={max_steps}, rtol={rtol}, atol={atol})"
+    )
+
+
+def response_from_model(
+    model: CompartmentalModel,
+    params: Mapping[str, Array | float],
+    schedule: Schedule,
+    s_value_Gy_per_MBqh: float | Array,
+    times_h,
+    *,
+    tissue: Tissue,
+    volume_mL,
+    doubling_time_h,
+    growth: str = "gompertz",
+    carrying_capacity_mL=None,
+    clearance_half_time_h=72.0,
+    marker_half_life_h=60.0,
+    region: str | Sequence[str] = "tumour",
+    rbe=1.0,
+    rtol: float = 1e-8,
+    atol: float = 1e-12,
+    solver=None,
+    adjoint="forward",
+    max_steps: int = 16384,
+) -> TumourResponse:
+    """Lesion volume, viable fraction and marker of a model's lesion under a schedule: the
+    response ODE of [`tumour_response`][] (module docs of `_response`) rides along with the
+    model's own ODE, driven by the lesion's dose rate ``rbe * S * A(t)``; no dose-rate curve is
+    sampled or fitted.
+
+    **Arguments:**
+    - `model`, `params`, `schedule`: as [`twinjax.simulate`][]; the lesion is at baseline at the
+      first administration (output times before it return the baseline).
+    - `s_value_Gy_per_MBqh`: the lesion's self-dose S-value (Gy/(MBq h)).
+    - `times_h`: sorted output times (h, clock of the schedule).
+    - `tissue`: the tumour's [`Tissue`][] (its `alpha_per_Gy` must be known).
+    - `volume_mL`, `doubling_time_h`, `growth`, `carrying_capacity_mL`,
+      `clearance_half_time_h`, `marker_half_life_h`: as [`tumour_response`][].
+    - `region`: the model group(s) whose activities sum to the lesion's (e.g. a template's
+      ``roi("tumour")``).
+    - `rbe`: applied to the dose rate (e.g. 5 for alpha emitters).
+    - `rtol`, `atol`, `solver`, `adjoint`, `max_steps`: of the ODE solve (as `simulate`).
+
+    **Returns:** a [`TumourResponse`][]; differentiable in the parameters and activities.
+    """
+    params = _check_inputs(model, params, schedule)
+    if not isinstance(tissue, Tissue) or tissue.alpha_per_Gy is None:
+        raise InputError(
+            f"tissue = {tissue!r}; allowed: a Tissue with alpha_per_Gy (e.g. "
+            "twinjax.radiobiology.tissue('prostate_cancer'))"
+        )
+    t_out = jnp.asarray(times_h, dtype=float)
+    _check_concrete("times_h", t_out, "finite and sorted (h), at least one time",
+                    lambda x: x.size > 0 and np.all(np.isfinite(x)) and np.all(np.diff(x) >= 0))  # fmt: skip
+    _check_concrete("s_value_Gy_per_MBqh", s_value_Gy_per_MBqh, "finite and > 0 (Gy/(MBq h))",
+                    lambda v: np.all(np.isfinite(v) & (v > 0)))  # fmt: skip
+    _check_concrete("rbe", rbe, "> 0", lambda v: np.all(v > 0))
+    kinetics = _kinetics(
+        volume_mL, tissue.alpha_per_Gy, tissue.alpha_beta_Gy, tissue.repair_half_time_h,
+        doubling_time_h, growth, carrying_capacity_mL, clearance_half_time_h, marker_half_life_h,
+    )  # fmt: skip
+    members = (region,) if isinstance(region, str) else tuple(region)
+    c = _membership(model, ["lesion"], {"lesion": members})[0]
+    per_nmol = (
+        jnp.asarray(rbe, dtype=float)
+        * jnp.asarray(s_value_Gy_per_MBqh, dtype=float)
+        * schedule.mbq_per_nmol
+    )
+
+    def f_extra(hot, z):
+        return kinetics(per_nmol * (c @ hot), z)
+
+    lam = schedule.decay_constant_per_h
+    n = model.n_compartments
+    try:
+        states, *_ = _ode_pieces(
+            model, params, schedule, t_out, lam, rtol, atol, solver, _adjoint(adjoint),
+            max_steps, 0.0, True, extra=(4, f_extra),
+        )  # fmt: skip
+    except eqx.EquinoxRuntimeError as err:  # raised when called outside jit
+        raise _solver_error(model, "the tumour response", err, max_steps, rtol, atol) from None
+    return _trajectory(t_out, states[:, 3 * n :], volume_mL)

@@ -87,69 +87,21 @@ def tumour_response(
     **Returns:** a [`TumourResponse`][]. Differentiable in every parameter and in the curve.
     """
     curves = _as_curves(curve)
-    for field, v in (
-        ("volume_mL", volume_mL),
-        ("alpha_per_Gy", alpha_per_Gy),
-        ("alpha_beta_Gy", alpha_beta_Gy),
-        ("repair_half_time_h", repair_half_time_h),
-        ("doubling_time_h", doubling_time_h),
-        ("clearance_half_time_h", clearance_half_time_h),
-        ("marker_half_life_h", marker_half_life_h),
-    ):
-        _check_concrete(field, v, "finite and > 0", lambda x: np.all(np.isfinite(x) & (x > 0)))
-    if growth not in ("gompertz", "exponential"):
-        raise InputError(f"growth = {growth!r}; allowed: 'gompertz' or 'exponential'")
-    if growth == "gompertz":
-        if carrying_capacity_mL is None:
-            raise InputError("growth = 'gompertz' needs carrying_capacity_mL (mL)")
-        _check_concrete(
-            "carrying_capacity_mL",
-            (carrying_capacity_mL, volume_mL),
-            f"> volume_mL = {volume_mL!r}",
-            lambda x: np.all(x[0] > x[1]),
-        )
     t_out = jnp.asarray(times_h, dtype=float)
     _check_concrete("times_h", t_out, "finite, >= 0 and sorted (h)",
                     lambda x: np.all(np.isfinite(x) & (x >= 0)) and np.all(np.diff(x) >= 0))  # fmt: skip
-    alpha = jnp.asarray(alpha_per_Gy, dtype=float)
-    beta = alpha / jnp.asarray(alpha_beta_Gy, dtype=float)
-    mu = LN2 / jnp.asarray(repair_half_time_h, dtype=float)
-    v0 = jnp.asarray(volume_mL, dtype=float)
-    k_clear = LN2 / jnp.asarray(clearance_half_time_h, dtype=float)
-    c_marker = LN2 / jnp.asarray(marker_half_life_h, dtype=float)
-    td = jnp.asarray(doubling_time_h, dtype=float)
-    if growth == "gompertz":
-        # rho such that the initial volume doubling time is `doubling_time_h`:
-        # dlnV/dt at V0 = rho ln(K/V0) = ln 2 / Td.
-        log_k_rel = jnp.log(jnp.asarray(carrying_capacity_mL, dtype=float) / v0)
-        rho = LN2 / td / log_k_rel
+    kinetics = _kinetics(
+        volume_mL, alpha_per_Gy, alpha_beta_Gy, repair_half_time_h, doubling_time_h, growth,
+        carrying_capacity_mL, clearance_half_time_h, marker_half_life_h,
+    )  # fmt: skip
 
-        def rate(log_n):
-            return rho * (log_k_rel - log_n)
-    else:
-        rho = LN2 / td
-
-        def rate(log_n):
-            return rho + 0.0 * log_n
-
-    # State: [ln(N/N0), dying/N0, q (Gy), marker]
     def rhs(t, y, at):
-        r = sum(c.rate(t, at) for c in curves)
-        kill = alpha * r + 2.0 * beta * r * y[2]
-        n = jnp.exp(y[0])
-        return jnp.stack(
-            [
-                rate(y[0]) - kill,
-                kill * n - k_clear * y[1],
-                r - mu * y[2],
-                c_marker * n - c_marker * y[3],
-            ]
-        )
+        return kinetics(sum(c.rate(t, at) for c in curves), y)
 
     breaks = jnp.sort(jnp.concatenate([c.breaks_h for c in curves]))
     edges = jnp.concatenate([jnp.zeros(1), breaks, t_out[-1:]])
     edges = jnp.sort(jnp.clip(edges, 0.0, t_out[-1]))
-    y = jnp.array([0.0, 0.0, 0.0, 1.0])
+    y = jnp.zeros(4)
     out = jnp.zeros((t_out.shape[0], 4))
     term = dfx.ODETerm(rhs)
     for i in range(edges.shape[0] - 1):
@@ -176,14 +128,90 @@ def tumour_response(
         out = jnp.where(inside[:, None], ys, out)
         y = jnp.where(t1 > t0, ys[-1], y)
     # Output times at 0 (before any piece) keep the baseline.
-    out = jnp.where((t_out <= 0.0)[:, None], jnp.array([0.0, 0.0, 0.0, 1.0]), out)
-    viable = jnp.exp(out[:, 0])
+    out = jnp.where((t_out <= 0.0)[:, None], 0.0, out)
+    return _trajectory(t_out, out, volume_mL)
+
+
+def _trajectory(times_h, states, volume_mL) -> TumourResponse:
+    """The [`TumourResponse`][] of response states ``(..., T, 4)`` (see `_kinetics`)."""
+    viable = jnp.exp(states[..., 0])
     return TumourResponse(
-        times_h=t_out,
-        volume_mL=v0 * (viable + out[:, 1]),
+        times_h=times_h,
+        volume_mL=jnp.asarray(volume_mL, dtype=float) * (viable + states[..., 1]),
         viable_fraction=viable,
-        marker=out[:, 3],
+        marker=1.0 + states[..., 3],
     )
+
+
+def _kinetics(
+    volume_mL,
+    alpha_per_Gy,
+    alpha_beta_Gy,
+    repair_half_time_h,
+    doubling_time_h,
+    growth,
+    carrying_capacity_mL,
+    clearance_half_time_h,
+    marker_half_life_h,
+):
+    """Validate the response parameters and return ``f(R, y) -> dy/dt``, the response ODE
+    driven by the dose rate R (Gy/h). State ``y = [ln(N/N0), N_dying/N0, q (Gy), M - 1]``, all
+    zero at baseline, so it can ride along with a model's ODE (`response_from_model`)."""
+    for field, v in (
+        ("volume_mL", volume_mL),
+        ("alpha_per_Gy", alpha_per_Gy),
+        ("alpha_beta_Gy", alpha_beta_Gy),
+        ("repair_half_time_h", repair_half_time_h),
+        ("doubling_time_h", doubling_time_h),
+        ("clearance_half_time_h", clearance_half_time_h),
+        ("marker_half_life_h", marker_half_life_h),
+    ):
+        _check_concrete(field, v, "finite and > 0", lambda x: np.all(np.isfinite(x) & (x > 0)))
+    if growth not in ("gompertz", "exponential"):
+        raise InputError(f"growth = {growth!r}; allowed: 'gompertz' or 'exponential'")
+    if growth == "gompertz":
+        if carrying_capacity_mL is None:
+            raise InputError("growth = 'gompertz' needs carrying_capacity_mL (mL)")
+        _check_concrete(
+            "carrying_capacity_mL",
+            (carrying_capacity_mL, volume_mL),
+            f"> volume_mL = {volume_mL!r}",
+            lambda x: np.all(x[0] > x[1]),
+        )
+    alpha = jnp.asarray(alpha_per_Gy, dtype=float)
+    beta = alpha / jnp.asarray(alpha_beta_Gy, dtype=float)
+    mu = LN2 / jnp.asarray(repair_half_time_h, dtype=float)
+    v0 = jnp.asarray(volume_mL, dtype=float)
+    k_clear = LN2 / jnp.asarray(clearance_half_time_h, dtype=float)
+    c_marker = LN2 / jnp.asarray(marker_half_life_h, dtype=float)
+    td = jnp.asarray(doubling_time_h, dtype=float)
+    if growth == "gompertz":
+        # rho such that the initial volume doubling time is `doubling_time_h`:
+        # dlnV/dt at V0 = rho ln(K/V0) = ln 2 / Td.
+        log_k_rel = jnp.log(jnp.asarray(carrying_capacity_mL, dtype=float) / v0)
+        rho = LN2 / td / log_k_rel
+
+        def rate(log_n):
+            return rho * (log_k_rel - log_n)
+    else:
+        rho = LN2 / td
+
+        def rate(log_n):
+            return rho + 0.0 * log_n
+
+    def f(r, y):
+        kill = alpha * r + 2.0 * beta * r * y[2]
+        n = jnp.exp(y[0])
+        return jnp.stack(
+            [
+                rate(y[0]) - kill,
+                kill * n - k_clear * y[1],
+                r - mu * y[2],
+                c_marker * (n - 1.0) - c_marker * y[3],
+            ]
+        )
+
+    return f
 
 
 def time_to_progression(times_h, volume_mL) -> Float[Array, ...]:
