@@ -238,7 +238,12 @@ SCENARIOS_YAML = """
 schema: twinjax.scenarios/1
 regions:
   kidneys: {tissue: kidney}
-  tumour: {tissue: prostate_cancer, mass_g: 20, kind: tumour}
+  tumour:
+    tissue: prostate_cancer
+    mass_g: 20
+    kind: tumour
+    voxel_mm: 2
+    growth: {doubling_time_h: 1200, carrying_capacity_mL: 400}
 scenarios:
   - {name: standard, activity_MBq: 7400, ligand_nmol: 57}
   - {name: double, activity_MBq: 14800, ligand_nmol: 57}
@@ -268,7 +273,16 @@ def test_cli_writes_json_and_png(setup, result, linear_template_path, tmp_path):
     p = doc["exceedance"]["kidneys"]["bed_Gy"]["probability"]
     assert p["standard"] <= p["double"]
     assert doc["provenance"]["posterior_template"] == "test_linear"
-    for png in ("forecast.png", "exceedance.png"):
+    # Voxel DVH and the uncertainty budget as in memory; a response curve per scenario.
+    dvh = fc.dvh("7.4 GBq", "tumour")
+    np.testing.assert_allclose(doc["dvh"]["standard"]["tumour"]["median"], dvh["median"], atol=1e-4)
+    budget = doc["uncertainty_budget"]["standard"]["kidneys"]
+    assert budget["share"]["kinetics"] == pytest.approx(
+        fc.uncertainty_budget("7.4 GBq", "kidneys")["share"]["kinetics"], rel=1e-3
+    )
+    resp = doc["response"]["double"]["tumour"]
+    assert len(resp["pfs"]) == len(resp["times_h"]) and resp["volume_mL"]["median"][0] == 20.0
+    for png in ("forecast.png", "exceedance.png", "comparison.png", "dvh.png", "response.png"):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -283,6 +297,15 @@ def test_cli_writes_json_and_png(setup, result, linear_template_path, tmp_path):
             ("kidneys: {bed_Gy: 5.0}", "kidneys: {bed_Gy_total: 5.0}"),
             "thresholds.kidneys.bed_Gy_total",
         ),
+        (("voxel_mm: 2", "voxel_mm: 2\n    uptake_map: none.npy"), "uptake_map = 'none.npy'"),
+        (
+            (
+                "kidneys: {tissue: kidney}",
+                "kidneys: {tissue: kidney, growth: {doubling_time_h: 9}}",
+            ),
+            "regions.kidneys: Region.growth is for kind = 'tumour'",
+        ),
+        (("doubling_time_h: 1200", "doubling_time_h: -1"), "doubling_time_h"),
     ],
 )
 def test_cli_rejects_bad_scenario_files(setup, linear_template_path, tmp_path, change, message):

@@ -6,9 +6,17 @@ The scenario file (YAML, schema ``twinjax.scenarios/1``), validated before any c
 ```yaml
 schema: twinjax.scenarios/1
 regions:                      # imaging regions of the posterior's template
-  kidneys: {tissue: kidney}                       # ICRP 89 mass by default
+  kidneys: {tissue: kidney, voxel_mm: 4}          # CT volume or ICRP 89 mass by default
   salivary_glands: {tissue: salivary_glands}
-  tumour: {tissue: prostate_cancer, mass_g: 20, kind: tumour}
+  tumour:
+    tissue: prostate_cancer
+    mass_g: 20
+    kind: tumour
+    voxel_mm: 2                                   # voxel-level forecast and DVH (optional)
+    uptake_map: tumour_uptake.npy                 # relative uptake on that grid (optional;
+                                                  # default a uniform ball), path relative
+                                                  # to this file
+    growth: {doubling_time_h: 1500, carrying_capacity_mL: 400}   # volume curves, PFS
 scenarios:
   - {name: standard, activity_MBq: 7400, cycles: 2, interval_h: 1008, ligand_nmol: 96}
   - {name: escalated, activity_MBq: 9000, cycles: 2, interval_h: 1008, ligand_nmol: 96}
@@ -18,10 +26,17 @@ thresholds:                   # exceedance probabilities to report (optional)
 
 Each scenario's nuclide defaults to the template's (``nuclide:`` may name another label whose
 template is given by ``template:``). Outputs, written atomically to the output folder:
-``forecast.json`` (per scenario, region and quantity: mean and 90 % interval; the exceedance
-probabilities; provenance), ``forecast.png`` (per region, the distribution of BED under each
-scenario) and ``exceedance.png`` (per region, P(BED > x) against x for each scenario, with the
-file's thresholds marked).
+
+- ``forecast.json``: per scenario, region and quantity the mean and 90 % interval; the
+  exceedance probabilities; per scenario and region the dose uncertainty budget (kinetics,
+  calibration 5 %, mass 10 %, S-value 5 % CV); for voxel regions the DVH (median and 90 %
+  band); for growing tumours the volume curve and progression-free survival; provenance.
+- ``forecast.png``: per region, the distributions of absorbed dose and BED under each scenario.
+- ``exceedance.png``: per region, P(BED > x) against x for each scenario, thresholds marked.
+- ``comparison.png``: the scenarios side by side, tumour BED against each organ's BED (medians
+  and 90 % intervals); without a tumour region, each organ's BED against the activity.
+- ``dvh.png`` (with voxel regions): cumulative DVHs, median and 90 % band per scenario.
+- ``response.png`` (with growing tumours): lesion volume (median, 90 % band) and PFS.
 """
 
 from __future__ import annotations
@@ -38,7 +53,7 @@ from pydantic import Field, field_validator
 from . import __version__
 from ._config import _Strict, read_yaml, validate
 from ._errors import InputError
-from .forecast import Forecast, Region, Scenario, forecast
+from .forecast import Forecast, Region, Scenario, TumourGrowth, forecast
 from .inference.fit import load_posterior
 from .models.library import load_template
 from .radiobiology import tissue
@@ -47,11 +62,24 @@ from .study import _atomic_write
 
 __all__ = ["ScenarioFile", "run_forecast"]
 
+_THRESHOLD_QUANTITIES = ("dose_Gy", "bed_Gy", "eqd2_Gy", "ntcp", "tcp", "surviving_fraction")
+
+
+class _GrowthSpec(_Strict):
+    doubling_time_h: float = Field(gt=0, allow_inf_nan=False)
+    growth: Literal["gompertz", "exponential"] = "gompertz"
+    carrying_capacity_mL: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    clearance_half_time_h: float = Field(default=72.0, gt=0, allow_inf_nan=False)
+    marker_half_life_h: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+
 
 class _RegionSpec(_Strict):
     tissue: str
-    mass_g: float | None = Field(default=None, gt=0)
+    mass_g: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     kind: Literal["organ", "tumour"] = "organ"
+    voxel_mm: float | None = Field(default=None, gt=0, le=50, allow_inf_nan=False)
+    uptake_map: str | None = None
+    growth: _GrowthSpec | None = None
 
     @field_validator("tissue")
     @classmethod
@@ -108,10 +136,10 @@ def run_forecast(
         if r not in spec.regions:
             raise InputError(f"{scenarios_path}: thresholds name region {r!r}, not in regions")
         for q in qs:
-            if q not in ("dose_Gy", "bed_Gy", "eqd2_Gy", "ntcp", "tcp"):
+            if q not in _THRESHOLD_QUANTITIES:
                 raise InputError(
-                    f"{scenarios_path}: thresholds.{r}.{q}; allowed quantities: dose_Gy, "
-                    "bed_Gy, eqd2_Gy, ntcp, tcp"
+                    f"{scenarios_path}: thresholds.{r}.{q}; allowed quantities: "
+                    f"{', '.join(_THRESHOLD_QUANTITIES)}"
                 )
     default = tpl.default_schedule() if tpl.spec.default_administration else None
     scenarios = []
@@ -125,10 +153,7 @@ def run_forecast(
             s.activity_MBq, s.cycles, s.interval_h, nuclide=nuc, ligand_nmol=ligand
         )
         scenarios.append(Scenario(s.name, sched, s_tpl))
-    regions = {
-        r: Region(tissue(v.tissue), None if v.mass_g is None else v.mass_g * 1e-3, v.kind)
-        for r, v in spec.regions.items()
-    }
+    regions = {r: _region(r, v, Path(scenarios_path).parent) for r, v in spec.regions.items()}
     fc = forecast(post, tpl, scenarios, regions, max_draws=max_draws)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +164,22 @@ def run_forecast(
     doc = {
         "summary": fc.summary(0.9),
         "exceedance": exceed,
+        "uncertainty_budget": {
+            s: {r: fc.uncertainty_budget(s, r) for r in regions} for s in fc.values
+        },
+        "dvh": {s: {r: _lists(fc.dvh(s, r)) for r in v} for s, v in fc.voxels.items()},
+        "response": {
+            s: {
+                r: {
+                    **_lists(fc.volume_curves(s, r)),
+                    "pfs": _lists(fc.progression_free_survival(s, r)["pfs"]),
+                }
+                for r in v
+            }
+            for s, v in fc.curves.items()
+        },
         "draws": fc.n_draws,
+        "masses_kg": fc.masses_kg,
         "provenance": {
             "twinjax_version": __version__,
             "posterior": str(posterior_path),
@@ -148,28 +188,89 @@ def run_forecast(
             "scenarios_sha256": hashlib.sha256(Path(scenarios_path).read_bytes()).hexdigest(),
         },
     }
-    written = [out / "forecast.json", out / "forecast.png", out / "exceedance.png"]
-    _atomic_write(written[0], (json.dumps(doc, indent=1) + "\n").encode())
-    _atomic_write(written[1], _plot(fc))
-    _atomic_write(written[2], _plot_exceedance(fc, spec.thresholds))
+    files = {
+        "forecast.json": (json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n").encode(),
+        "forecast.png": _plot(fc),
+        "exceedance.png": _plot_exceedance(fc, spec.thresholds),
+        "comparison.png": _plot_comparison(fc, regions, scenarios),
+    }
+    if fc.voxels:
+        files["dvh.png"] = _plot_dvh(fc)
+    if fc.curves:
+        files["response.png"] = _plot_response(fc)
+    written = []
+    for name, data in files.items():
+        _atomic_write(out / name, data)
+        written.append(out / name)
     return written
 
 
-def _plot(fc: Forecast) -> bytes:
+def _region(name: str, v: _RegionSpec, folder: Path) -> Region:
+    """A `Region` from its spec; the uptake map (``.npy``) is read and checked here, before any
+    computation."""
+    uptake = None
+    if v.uptake_map is not None:
+        if v.voxel_mm is None:
+            raise InputError(f"regions.{name}.uptake_map needs regions.{name}.voxel_mm (mm)")
+        path = folder / v.uptake_map
+        if path.suffix != ".npy" or not path.is_file():
+            raise InputError(
+                f"regions.{name}.uptake_map = {v.uptake_map!r}: {path} is not an existing .npy "
+                "file; allowed: a 3-D NumPy array file of relative uptake"
+            )
+        try:
+            uptake = np.load(path, allow_pickle=False)
+        except Exception as err:
+            raise InputError(
+                f"regions.{name}.uptake_map = {v.uptake_map!r} cannot be read ({err})"
+            ) from None
+    growth = None
+    if v.growth is not None:
+        growth = TumourGrowth(**v.growth.model_dump())
+    try:
+        return Region(
+            tissue(v.tissue),
+            None if v.mass_g is None else v.mass_g * 1e-3,
+            v.kind,
+            voxel_mm=v.voxel_mm,
+            uptake_map=uptake,
+            growth=growth,
+        )
+    except InputError as err:
+        raise InputError(f"regions.{name}: {err}") from None
+
+
+def _lists(obj):
+    """Arrays to lists, for JSON."""
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    return np.asarray(obj).tolist() if isinstance(obj, np.ndarray) else obj
+
+
+def _finite(obj):
+    """Non-finite numbers (a time to progression beyond the horizon) as null in JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _figure(nrows: int, ncols: int, height: float = 3.6):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scen = list(fc.values)
-    regions = list(next(iter(fc.values.values())))
-    fig, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), squeeze=False)
-    for ax, r in zip(axes[0], regions, strict=True):
-        data = [fc.values[s][r]["bed_Gy"] for s in scen]
-        ax.boxplot(data, whis=(5, 95), showfliers=False)
-        ax.set_xticks(range(1, len(scen) + 1), scen, rotation=20, fontsize=8)
-        ax.set_title(r)
-        ax.set_ylabel("BED (Gy), 5-95 %")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, height * nrows), squeeze=False)
+    return fig, axes
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -177,14 +278,81 @@ def _plot(fc: Forecast) -> bytes:
     return buf.getvalue()
 
 
-def _plot_exceedance(fc: Forecast, thresholds) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot(fc: Forecast) -> bytes:
+    scen = list(fc.values)
     regions = list(next(iter(fc.values.values())))
-    fig, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), squeeze=False)
+    fig, axes = _figure(2, len(regions))
+    for j, r in enumerate(regions):
+        for i, (q, label) in enumerate((("dose_Gy", "absorbed dose"), ("bed_Gy", "BED"))):
+            ax = axes[i, j]
+            ax.boxplot([fc.values[s][r][q] for s in scen], whis=(5, 95), showfliers=False)
+            ax.set_xticks(range(1, len(scen) + 1), scen, rotation=20, fontsize=8)
+            ax.set_title(r)
+            ax.set_ylabel(f"{label} (Gy), 5-95 %")
+    return _png(fig)
+
+
+def _plot_comparison(fc: Forecast, regions, scenarios) -> bytes:
+    organs = [r for r, v in regions.items() if v.kind == "organ"] or list(regions)
+    tumours = [r for r, v in regions.items() if v.kind == "tumour"]
+    summ = fc.summary(0.9)
+    fig, axes = _figure(1, len(organs))
+    for ax, o in zip(axes[0], organs, strict=True):
+        for sc in scenarios:
+            x = summ[sc.name][o]["bed_Gy"]
+            if tumours:
+                y = summ[sc.name][tumours[0]]["bed_Gy"]
+                ym, yerr = y["median"], [[y["median"] - y["lower"]], [y["upper"] - y["median"]]]
+            else:
+                ym, yerr = float(np.sum(np.asarray(sc.schedule.activity_MBq))) / 1e3, None
+            xerr = [[x["median"] - x["lower"]], [x["upper"] - x["median"]]]
+            ax.errorbar(x["median"], ym, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=sc.name)
+        ax.set_xlabel(f"{o} BED (Gy), median and 90 %")
+        ax.set_ylabel(f"{tumours[0]} BED (Gy)" if tumours else "total activity (GBq)")
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _plot_dvh(fc: Forecast) -> bytes:
+    regions = sorted({r for v in fc.voxels.values() for r in v})
+    fig, axes = _figure(1, len(regions))
+    for ax, r in zip(axes[0], regions, strict=True):
+        for s, v in fc.voxels.items():
+            if r in v:
+                d = fc.dvh(s, r)
+                (line,) = ax.plot(d["x"], d["median"], label=s)
+                ax.fill_between(d["x"], d["lower"], d["upper"], color=line.get_color(), alpha=0.2)
+        ax.set_title(r)
+        ax.set_xlabel("absorbed dose x (Gy)")
+        ax.set_ylabel("volume fraction receiving >= x")
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _plot_response(fc: Forecast) -> bytes:
+    regions = sorted({r for v in fc.curves.values() for r in v})
+    fig, axes = _figure(2, len(regions))
+    weeks = fc.times_h / 168.0
+    for j, r in enumerate(regions):
+        for s, v in fc.curves.items():
+            if r in v:
+                c = fc.volume_curves(s, r)["volume_mL"]
+                (line,) = axes[0, j].plot(weeks, c["median"], label=s)
+                axes[0, j].fill_between(weeks, c["lower"], c["upper"], color=line.get_color(),
+                                        alpha=0.2)  # fmt: skip
+                axes[1, j].step(weeks, fc.progression_free_survival(s, r)["pfs"], where="post",
+                                label=s)  # fmt: skip
+        axes[0, j].set_title(r)
+        axes[0, j].set_ylabel("lesion volume (mL), median and 90 %")
+        axes[1, j].set_ylabel("progression-free survival")
+        axes[1, j].set_xlabel("weeks after the first administration")
+        axes[0, j].legend(fontsize=7)
+    return _png(fig)
+
+
+def _plot_exceedance(fc: Forecast, thresholds) -> bytes:
+    regions = list(next(iter(fc.values.values())))
+    fig, axes = _figure(1, len(regions))
     for ax, r in zip(axes[0], regions, strict=True):
         for s, by_region in fc.values.items():
             x = np.sort(by_region[r]["bed_Gy"])
@@ -195,8 +363,4 @@ def _plot_exceedance(fc: Forecast, thresholds) -> bytes:
         ax.set_xlabel("BED x (Gy)")
         ax.set_ylabel("P(BED > x)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
