@@ -56,3 +56,15 @@ def test_pet_functions():
     _all_f64(aif.integral(t))
     _all_f64(pet.two_tissue(t, 5.7, 7.5, 4.1, 0.0, aif))
     _all_f64(pet.one_tissue(t, 5.7, 7.5, aif))
+
+
+def test_pde_operators_and_solves():
+    from twinjax.pde import Diffusion, Grid, solve_pde
+
+    g = Grid((6, 5), 0.5)
+    op = Diffusion(g, np.linspace(0.5, 1.5, 30).reshape(g.shape), boundary="fixed")
+    u0 = jnp.ones(g.shape)
+    _all_f64(op)
+    _all_f64(op(u0))
+    _all_f64(solve_pde(lambda t, y, a: op(y), u0, jnp.array([0.0, 0.1]), method="explicit",
+                       dt_h=0.5 / op.max_rate_per_h))  # fmt: skip
