@@ -189,6 +189,32 @@ def test_tumour_response_curves_and_pfs(result):
     assert np.all(band["volume_mL"]["lower"] <= band["volume_mL"]["upper"])
 
 
+def test_photon_cross_dose_between_placed_regions(setup, result):
+    """Kidneys and tumour 8 cm apart: each receives the other's TIA x the photon cross S-value
+    of 8 cm on top of the self-dose of the forecast without positions (same draws)."""
+    from twinjax.dosimetry import photon_cross_s_value
+
+    tpl, patient, post = setup
+    fc0, _ = result
+    regions = {
+        "kidneys": Region(rb.tissue("kidney"), centroid_mm=(0.0, 0.0, 0.0)),
+        "tumour": Region(rb.tissue("prostate_cancer"), mass_kg=0.02, kind="tumour",
+                         centroid_mm=(0.0, 80.0, 0.0)),
+    }  # fmt: skip
+    fc = forecast(post, tpl, [Scenario("7.4 GBq", patient.schedule)], regions, max_draws=40,
+                  rtol=1e-8, atol=1e-11)  # fmt: skip
+    x = float(photon_cross_s_value("Lu-177", 8.0))
+    a, b = fc.values["7.4 GBq"], fc0.values["7.4 GBq"]
+    for t, src in (("kidneys", "tumour"), ("tumour", "kidneys")):
+        np.testing.assert_allclose(a[t]["tia_MBqh"], b[t]["tia_MBqh"], rtol=1e-9)
+        np.testing.assert_allclose(
+            a[t]["dose_Gy"], b[t]["dose_Gy"] + x * b[src]["tia_MBqh"], rtol=1e-7
+        )
+        assert np.all(a[t]["bed_Gy"] > b[t]["bed_Gy"])
+    with pytest.raises(InputError, match="centroid_mm"):
+        Region(rb.tissue("kidney"), centroid_mm=(0.0, np.nan, 0.0))
+
+
 def test_uncertainty_budget_of_a_forecast(result):
     fc, _ = result
     b = fc.uncertainty_budget("7.4 GBq", "kidneys", mass_cv=0.1, calibration_cv=0.05)

@@ -13,7 +13,10 @@ separately). The result keeps every draw, so any summary can be computed: credib
 40 Gy)).
 
 Per region and draw: ``tia_MBqh``, ``dose_Gy``, ``bed_Gy``, ``eqd2_Gy``, ``g``; NTCP (LKB) for
-organs; surviving fraction ``exp(-alpha BED)`` and TCP for tumours.
+organs; surviving fraction ``exp(-alpha BED)`` and TCP for tumours. Regions with a
+`Region.centroid_mm` also receive the photon cross-dose of the others that have one
+(`twinjax.dosimetry.photon_cross_s_value` of the centroid distance): it rides in the model's
+ODE with the self-dose (`bed_from_model(cross_s_values=...)`), so BED stays exact.
 
 - **Voxels.** A region with `Region.voxel_mm` is also forecast voxel by voxel: its activity is
   spread over its voxels as `Region.uptake_map` says (default: uniformly over a ball of its
@@ -51,6 +54,7 @@ from .dosimetry import (
     dose_map,
     dose_metrics,
     dose_uncertainty_budget,
+    photon_cross_s_value,
     reference_mass_kg,
     sphere_s_value,
     voxel_s_kernel,
@@ -125,7 +129,9 @@ class Region:
     Optional: `voxel_mm` (voxel edge, mm) for a voxel-level forecast, with `uptake_map` (3-D
     array of relative uptake >= 0 on that voxel grid, the region being its positive voxels,
     e.g. from a SPECT scan; default a ball of the region's volume, uniform); `growth` (a
-    [`TumourGrowth`][], tumours only) for lesion volume curves (module docs)."""
+    [`TumourGrowth`][], tumours only) for lesion volume curves; `centroid_mm` (x, y, z of the
+    region's centre in the patient, mm): between regions that have one, the photon cross-dose
+    of their centroid distance is added to dose and BED (module docs)."""
 
     tissue: Tissue | tuple[float, float]
     mass_kg: float | None = None
@@ -133,6 +139,7 @@ class Region:
     voxel_mm: float | None = None
     uptake_map: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     growth: TumourGrowth | None = None
+    centroid_mm: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         if self.kind not in ("organ", "tumour"):
@@ -149,6 +156,13 @@ class Region:
                 raise InputError(
                     f"Region.uptake_map has shape {m.shape}, min {np.nanmin(m) if m.size else None}"
                     "; allowed: a 3-D array, finite, >= 0, with at least one positive voxel"
+                )
+        if self.centroid_mm is not None:
+            c = np.asarray(self.centroid_mm, dtype=float)
+            if c.shape != (3,) or not np.all(np.isfinite(c)):
+                raise InputError(
+                    f"Region.centroid_mm = {self.centroid_mm!r}; allowed: three finite "
+                    "coordinates (mm)"
                 )
         if self.growth is not None:
             if self.kind != "tumour":
@@ -385,17 +399,20 @@ def forecast(
     values: dict = {}
     curves: dict = {}
     voxels: dict = {}
+    placed = {r: np.asarray(v.centroid_mm, float) for r, v in regions.items() if v.centroid_mm}
     for sc in scenarios:
         tpl = sc.template or template
         nuc = sc.schedule.nuclide
         s_w = {r: float(sphere_s_value(nuc, masses[r], rbe_alpha=rbe_alpha)) for r in regions}
         s_phys = {r: float(sphere_s_value(nuc, masses[r])) for r in regions}
+        cross = _cross_s_values(nuc, placed)
 
-        def one(th, tpl=tpl, sc=sc, s_w=s_w):
+        def one(th, tpl=tpl, sc=sc, s_w=s_w, cross=cross):
             params = tpl.derive({**base, **th})
             out = bed_from_model(
-                tpl.model, params, sc.schedule, s_w, tissues, groups=groups, rtol=rtol, atol=atol
-            )
+                tpl.model, params, sc.schedule, s_w, tissues, groups=groups, rtol=rtol,
+                atol=atol, cross_s_values=cross,
+            )  # fmt: skip
             resp = {}
             for r in growing:
                 g, vol = regions[r].growth, masses[r] * 1e3
@@ -415,8 +432,9 @@ def forecast(
         for r, spec in regions.items():
             res = {q: np.asarray(v) for q, v in out[r].items()}
             res["weighted_dose_Gy"] = res["dose_Gy"]
-            res["tia_MBqh"] = res["dose_Gy"] / s_w[r]
-            res["dose_Gy"] = res["tia_MBqh"] * s_phys[r]
+            # Photon cross-dose carries no RBE: physical = own TIA x S_phys + the cross part.
+            cross_part = res["dose_Gy"] - res["tia_MBqh"] * s_w[r]
+            res["dose_Gy"] = res["tia_MBqh"] * s_phys[r] + cross_part
             t = spec.tissue
             if spec.kind == "organ" and isinstance(t, Tissue) and t.lkb is not None:
                 res["ntcp"] = np.asarray(
@@ -463,6 +481,19 @@ def forecast(
         curves={s: c for s, c in curves.items() if c},
         voxels={s: v for s, v in voxels.items() if v},
     )
+
+
+def _cross_s_values(nuc: str, placed: Mapping[str, np.ndarray]) -> dict:
+    """Photon cross-dose S-values between regions with centroids: ``{target: {source: S}}``."""
+    out: dict = {}
+    for t, ct in placed.items():
+        for src, cs in placed.items():
+            if src != t:
+                d_cm = float(np.linalg.norm(ct - cs)) / 10.0
+                if d_cm <= 0:
+                    raise InputError(f"regions {t!r} and {src!r} have the same centroid_mm")
+                out.setdefault(t, {})[src] = float(photon_cross_s_value(nuc, d_cm))
+    return out
 
 
 def _has_alpha(name: str) -> bool:

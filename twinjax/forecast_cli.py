@@ -6,7 +6,9 @@ The scenario file (YAML, schema ``twinjax.scenarios/1``), validated before any c
 ```yaml
 schema: twinjax.scenarios/1
 regions:                      # imaging regions of the posterior's template
-  kidneys: {tissue: kidney, voxel_mm: 4}          # CT volume or ICRP 89 mass by default
+  kidneys: {tissue: kidney, voxel_mm: 4, centroid_mm: [0, 0, 0]}   # CT volume or ICRP 89
+                                                  # mass by default; centroids (optional)
+                                                  # add photon cross-dose between regions
   salivary_glands: {tissue: salivary_glands}
   tumour:
     tissue: prostate_cancer
@@ -17,6 +19,7 @@ regions:                      # imaging regions of the posterior's template
                                                   # default a uniform ball), path relative
                                                   # to this file
     growth: {doubling_time_h: 1500, carrying_capacity_mL: 400}   # volume curves, PFS
+    centroid_mm: [0, 90, -40]
 scenarios:
   - {name: standard, activity_MBq: 7400, cycles: 2, interval_h: 1008, ligand_nmol: 96}
   - {name: escalated, activity_MBq: 9000, cycles: 2, interval_h: 1008, ligand_nmol: 96}
@@ -80,6 +83,7 @@ class _RegionSpec(_Strict):
     voxel_mm: float | None = Field(default=None, gt=0, le=50, allow_inf_nan=False)
     uptake_map: str | None = None
     growth: _GrowthSpec | None = None
+    centroid_mm: tuple[float, float, float] | None = None
 
     @field_validator("tissue")
     @classmethod
@@ -235,6 +239,7 @@ def _region(name: str, v: _RegionSpec, folder: Path) -> Region:
             voxel_mm=v.voxel_mm,
             uptake_map=uptake,
             growth=growth,
+            centroid_mm=v.centroid_mm,
         )
     except InputError as err:
         raise InputError(f"regions.{name}: {err}") from None

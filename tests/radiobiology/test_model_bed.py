@@ -158,3 +158,34 @@ def test_response_from_model_equals_the_closed_form_curve(linear):
     with pytest.raises(InputError, match="alpha_per_Gy"):
         rb.response_from_model(linear.model, linear.params, sched, S, t, tissue=rb.tissue("kidney"),
                                volume_mL=1.0, doubling_time_h=10.0, growth="exponential")  # fmt: skip
+
+
+def test_cross_dose_rides_in_the_ode(linear):
+    """Kidney dose rate S_k A_k + X A_t (photon cross-dose from the tumour): dose and BED equal
+    the closed form of the summed exponential curves, and the TIA is the kidneys' own."""
+    sched = twinjax.Schedule.cycles(7400.0, 2, 24.0, ligand_nmol=57.0)
+    x = 0.2 * S
+    out = rb.bed_from_model(
+        linear.model, linear.params, sched, {"kidneys": S, "tumour": 2 * S},
+        {"kidneys": TISSUE, "tumour": TISSUE}, cross_s_values={"kidneys": {"tumour": x}},
+        rtol=1e-10, atol=1e-14,
+    )  # fmt: skip
+    kid = _exponential_curves(linear, sched, "kidneys")
+    from_tumour = [
+        rb.ExponentialDoseRate(c.amplitudes_Gy_per_h * 0.2, c.rates_per_h, start_h=c.start_h)
+        for c in _exponential_curves(linear, sched, "tumour")
+    ]
+    total = kid + from_tumour
+    assert float(out["kidneys"]["dose_Gy"]) == pytest.approx(
+        float(rb.absorbed_dose(total)), rel=1e-9
+    )
+    assert float(out["kidneys"]["bed_Gy"]) == pytest.approx(float(rb.bed(total, *TISSUE)), rel=1e-8)
+    tr = twinjax.simulate(linear.model, linear.params, sched, jnp.array([1.0]))
+    assert float(out["kidneys"]["tia_MBqh"]) == pytest.approx(float(tr.tia("kidneys")), rel=1e-8)
+    # The tumour receives no cross-dose back (none was given).
+    assert float(out["tumour"]["dose_Gy"]) == pytest.approx(
+        2 * S * float(tr.tia("tumour")), rel=1e-8
+    )
+    with pytest.raises(InputError, match=r"cross_s_values\['kidneys'\]\['liver'\]"):
+        rb.bed_from_model(linear.model, linear.params, sched, {"kidneys": S},
+                          {"kidneys": TISSUE}, cross_s_values={"kidneys": {"liver": x}})  # fmt: skip

@@ -42,6 +42,7 @@ def bed_from_model(
     *,
     rbe=1.0,
     groups: Mapping[str, Sequence[str]] | None = None,
+    cross_s_values: Mapping[str, Mapping[str, float | Array]] | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-12,
     solver=None,
@@ -59,11 +60,15 @@ def bed_from_model(
     - `rbe`: applied to the physical dose (e.g. 5 for alpha emitters).
     - `groups`: region -> model groups whose activities sum to it (e.g. a template's
       ``roi(region)``); by default each region is the model group of its name.
+    - `cross_s_values`: ``{target: {source: S (Gy/(MBq h))}}`` between regions (e.g.
+      `twinjax.dosimetry.photon_cross_s_value` of their distance): the target's dose rate
+      becomes ``S_t A_t + sum_s S_ts A_s``, so the cross-dose's own time course enters G.
     - `rtol`, `atol`, `solver`, `adjoint`, `max_steps`: of the ODE solve (as `simulate`).
     - `tail_half_lives`: physical half-lives integrated past the last administration.
 
-    **Returns:** region -> ``{"dose_Gy", "g", "bed_Gy", "eqd2_Gy"}``. Differentiable in the
-    parameters, activities and S-values (forward mode by default, as `simulate`).
+    **Returns:** region -> ``{"dose_Gy", "g", "bed_Gy", "eqd2_Gy", "tia_MBqh"}`` (the dose
+    includes the cross-dose; the TIA is the region's own). Differentiable in the parameters,
+    activities and S-values (forward mode by default, as `simulate`).
     """
     params = _check_inputs(model, params, schedule)
     regions = list(s_values_Gy_per_MBqh)
@@ -91,11 +96,25 @@ def bed_from_model(
     _check_concrete("rbe", rbe, "> 0", lambda v: np.all(v > 0))
     ab, mu = jnp.stack(ab), jnp.stack(mu)
     n, k = model.n_compartments, len(regions)
-    per_nmol = s * schedule.mbq_per_nmol
+    # Dose rates R = MBq/nmol * S_matrix @ C @ hot: self-dose on the diagonal, cross-dose off it.
+    s_matrix = jnp.diag(s)
+    for target, sources in (cross_s_values or {}).items():
+        for source, value in sources.items():
+            if target not in regions or source not in regions or source == target:
+                raise InputError(
+                    f"cross_s_values[{target!r}][{source!r}]: allowed: two different regions of "
+                    f"s_values_Gy_per_MBqh, {regions}"
+                )
+            _check_concrete(f"cross_s_values[{target!r}][{source!r}]", value,
+                            "finite and >= 0 (Gy/(MBq h))",
+                            lambda v: np.all(np.isfinite(v) & (v >= 0)))  # fmt: skip
+            i, j = regions.index(target), regions.index(source)
+            s_matrix = s_matrix.at[i, j].set(jnp.asarray(value, dtype=float))
+    w = schedule.mbq_per_nmol * (s_matrix @ c)  # (k, n): Gy/h per nmol in each compartment
 
     def f_extra(hot, z):
         q = z[k : 2 * k]
-        r = per_nmol * (c @ hot)
+        r = w @ hot
         return jnp.concatenate([r, r - mu * q, r * q])
 
     lam = schedule.decay_constant_per_h
@@ -110,11 +129,13 @@ def bed_from_model(
     hot = y[:n]
     dose, q, j = y[3 * n : 3 * n + k], y[3 * n + k : 3 * n + 2 * k], y[3 * n + 2 * k :]
     m = a_end - lam * jnp.eye(n)
-    r_end = per_nmol * (c @ hot)
+    r_end = w @ hot
     # D tail: the frozen linear system, exactly; J tail: one exponential at its clearance rate.
-    dose = dose + per_nmol * (c @ -jnp.linalg.solve(m, hot))
+    tail = -jnp.linalg.solve(m, hot)
+    dose = dose + w @ tail
+    tia = schedule.mbq_per_nmol * (c @ (y[2 * n : 3 * n] + tail))
     safe = jnp.where(r_end > 0, r_end, 1.0)
-    k_eff = jnp.where(r_end > 0, -(per_nmol * (c @ (m @ hot))) / safe, lam)
+    k_eff = jnp.where(r_end > 0, -(w @ (m @ hot)) / safe, lam)
     k_eff = jnp.maximum(k_eff, lam)
     j = j + r_end * q / (k_eff + mu) + r_end**2 / (2.0 * k_eff * (k_eff + mu))
     gd2 = 2.0 * j
@@ -127,6 +148,7 @@ def bed_from_model(
             "g": gd2[i] / dose[i] ** 2,
             "bed_Gy": bed[i],
             "eqd2_Gy": bed[i] / (1.0 + 2.0 / ab[i]),
+            "tia_MBqh": tia[i],
         }
     return out
 
