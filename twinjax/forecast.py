@@ -466,11 +466,9 @@ def forecast(
                     rel = voxels[sc.name][r][kind]
                     m = dose_metrics(rel, np.ones(rel.size, bool))
                     for name, key in _DOSE_METRICS.items():
-                        one = {
-                            "dose": np.full(1, float(m[key])),
-                            "weighted": np.full(1, float(m[key])),
-                        }
-                        res[f"{stem}_{name}_Gy"] = _voxel_values(res, one, f"{stem}_Gy")[:, 0]
+                        r_x = np.full(1, float(m[key]))  # the voxel at Dx, as a one-voxel map
+                        at_x = {"dose": r_x, "weighted": r_x}
+                        res[f"{stem}_{name}_Gy"] = _voxel_values(res, at_x, f"{stem}_Gy")[:, 0]
             values[sc.name][r] = res
     return Forecast(
         values=values,
