@@ -220,3 +220,15 @@ def test_fixed_value_boundary_steady_state_is_the_parabola():
         errs.append(np.max(np.abs(np.asarray(u) - (b + src * x * (length - x) / (2 * diff)))))
     assert errs[1] < 1e-3
     assert errs[0] / errs[1] == pytest.approx(4.0, abs=0.4)
+
+
+def test_solver_failures_raise_solver_error():
+    from twinjax import SolverError
+
+    g = Grid((20,), 0.1)
+    op = Diffusion(g, 1.0)
+    with pytest.raises(SolverError, match=r"the PDE solve \(adaptive\) failed \(max_steps=3"):
+        solve_pde(lambda t, y, a: op(y), jnp.linspace(0.0, 1.0, 20), jnp.array([0.0, 10.0]),
+                  method="adaptive", max_steps=3)  # fmt: skip
+    with pytest.raises(SolverError, match="did not converge in 1 steps"):
+        steady_state(lambda u, _: u**3 - 2.0, jnp.full(3, 10.0), max_steps=1)

@@ -142,12 +142,8 @@ def solve_pde(
         throw=False,
     )
     if throw:
-        failed = sol.result != dfx.RESULTS.successful
         msg = f"the PDE solve ({method}) failed (max_steps={max_steps}, rtol={rtol}, atol={atol})"
-        try:
-            return eqx.error_if(sol.ys, failed, msg)
-        except eqx.EquinoxRuntimeError:
-            raise SolverError(msg) from None
+        return _checked(sol.ys, sol.result != dfx.RESULTS.successful, msg)
     return sol.ys
 
 
@@ -169,10 +165,15 @@ def steady_state(
     solver = optx.Newton(rtol=rtol, atol=atol, linear_solver=_gmres(1e-8, atol * 1e-2))
     sol = optx.root_find(f, solver, y0, args, max_steps=max_steps, throw=False)
     if throw:
-        failed = sol.result != optx.RESULTS.successful
         msg = f"the steady-state Newton solve did not converge in {max_steps} steps"
-        try:
-            return eqx.error_if(sol.value, failed, msg)
-        except eqx.EquinoxRuntimeError:
-            raise SolverError(msg) from None
+        return _checked(sol.value, sol.result != optx.RESULTS.successful, msg)
     return sol.value
+
+
+def _checked(value, failed, msg: str):
+    """`value`, or `SolverError(msg)` where `failed` (raised here outside `jit`; inside it,
+    Equinox's runtime error carries the same message)."""
+    try:
+        return eqx.error_if(value, failed, msg)
+    except eqx.EquinoxRuntimeError:
+        raise SolverError(msg) from None
