@@ -3,7 +3,8 @@ ODE, so G is exact for the model's own dose-rate curve, over any schedule (cycle
 repair between them included).
 
 For every region r with self-dose S-value ``S_r`` (Gy/(MBq h)) the dose rate is ``R_r(t) = S_r
-A_r(t)``, with ``A_r`` the region's activity. Three states per region are appended to the model's
+A_r(t) + sum_s S_rs A_s(t)``, with ``A_r`` the region's activity and ``S_rs`` optional cross-dose
+S-values from other regions. Three states per region are appended to the model's
 ``[hot, cold, cumulated]`` state and integrated by the same solver, restarted at every
 administration as `simulate` does: ``D' = R``, ``q' = R - mu q`` (dose whose damage is not yet
 repaired) and ``J' = R q``, so that ``G D^2 = 2 J``. The solve runs `tail_half_lives` physical
@@ -11,6 +12,9 @@ half-lives past the last event; after that, the region's activity is closed anal
 model's linear system frozen at its final occupancy for D (as `simulate` closes the TIA), and as
 one exponential of the same system's current clearance rate for J (its remaining contribution is
 of order the square of the remaining activity).
+
+`response_from_model` appends the tumour-response states of `_response` the same way, driven
+by the lesion's dose rate: lesion volume and marker without sampling the dose-rate curve.
 """
 
 from __future__ import annotations
