@@ -399,6 +399,7 @@ def forecast(
     values: dict = {}
     curves: dict = {}
     voxels: dict = {}
+    rel_by_nuclide: dict = {}
     placed = {r: np.asarray(v.centroid_mm, float) for r, v in regions.items() if v.centroid_mm}
     for sc in scenarios:
         tpl = sc.template or template
@@ -453,13 +454,16 @@ def forecast(
                 curves[sc.name][r] = c
                 res["ttp_h"] = np.asarray(time_to_progression(times, c["volume_mL"]))
             if spec.voxel_mm is not None:
-                rel_p = _relative_voxel_dose(spec, masses[r], nuc, 1.0)
-                rel_w = (
-                    _relative_voxel_dose(spec, masses[r], nuc, rbe_alpha)
-                    if _has_alpha(nuc)
-                    else rel_p
-                )
-                voxels[sc.name][r] = {"dose": rel_p, "weighted": rel_w}
+                # One convolution per region and nuclide, shared by the scenarios using it.
+                if (r, nuc) not in rel_by_nuclide:
+                    rel_p = _relative_voxel_dose(spec, masses[r], nuc, 1.0)
+                    rel_w = (
+                        _relative_voxel_dose(spec, masses[r], nuc, rbe_alpha)
+                        if _has_alpha(nuc)
+                        else rel_p
+                    )
+                    rel_by_nuclide[r, nuc] = {"dose": rel_p, "weighted": rel_w}
+                voxels[sc.name][r] = rel_by_nuclide[r, nuc]
                 # Dx of the voxel doses (`dose_metrics`' convention) at the relative doses:
                 # every voxel's dose and BED increase with its r.
                 for kind, stem in (("dose", "dose"), ("weighted", "bed")):
