@@ -1,7 +1,8 @@
 """Finite-volume diffusion against analytic solutions: conservation on a closed domain, the
 cosine series of 1-D no-flux diffusion, the 3-D Gaussian kernel, second-order convergence on a
-manufactured solution with heterogeneous diffusivity, the Fisher-KPP front speed 2 sqrt(D rho),
-and Krogh's cylinder for oxygen around one vessel."""
+manufactured solution with heterogeneous diffusivity, and the fixed-value boundary parabola.
+(The Fisher-KPP front speed and Krogh's cylinder are tested on the tissue models, in
+test_pde_growth.py and test_pde_oxygen.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -129,57 +130,6 @@ def test_second_order_convergence_on_a_manufactured_solution():
     errs = [_manufactured_error(n) for n in (16, 32, 64)]
     orders = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
     assert np.all(np.abs(orders - 2.0) < 0.2), (errs, orders)
-
-
-def test_fisher_kpp_front_speed():
-    """u_t = D u_xx + rho u (1 - u) from a step: the front moves at 2 sqrt(D rho) minus
-    Bramson's logarithmic delay (x(t) = c t - 3/(2 lambda) ln t, lambda = sqrt(rho/D))."""
-    diff, rho = 0.04, 0.25  # mm^2/h, 1/h: c = 0.2 mm/h
-    g = Grid((2100,), 0.08)
-    op = Diffusion(g, diff)
-    x = g.coordinates_mm()[0]
-    u0 = jnp.asarray((x < 2.0).astype(float))
-    times = jnp.array([0.0, 400.0, 800.0])
-    u = solve_pde(lambda t, y, a: op(y) + rho * y * (1 - y), u0, times, method="explicit",
-                  dt_h=0.9 / op.max_rate_per_h, stability_rate_per_h=op.max_rate_per_h)  # fmt: skip
-
-    def front(v):
-        i = int(np.argmax(np.asarray(v) < 0.5))
-        return x[i - 1] + (v[i - 1] - 0.5) / (v[i - 1] - v[i]) * (x[i] - x[i - 1])
-
-    speed = (front(u[2]) - front(u[1])) / 400.0
-    c = 2 * np.sqrt(diff * rho)
-    assert abs(speed - c) / c < 0.02, speed
-    lam = np.sqrt(rho / diff)
-    bramson = c - 1.5 / lam * np.log(800.0 / 400.0) / 400.0
-    assert speed == pytest.approx(bramson, rel=0.01)
-
-
-def test_krogh_cylinder_oxygen_profile():
-    """Zero-order consumption M around a vessel of radius rv held at Pv, no flux at rt:
-    P(r) = Pv + M/(4D) (r^2 - rv^2) - M rt^2/(2D) ln(r/rv) (Krogh 1919)."""
-    rv, rt, pv = 0.01, 0.1, 40.0  # mm, mm, mmHg
-    diff = 7.2  # mm^2/h (2e-9 m^2/s)
-    m = 3000.0 * diff  # mmHg/h
-    km = 1e-3  # mmHg: Michaelis-Menten -> zero order where P >> Km
-    n = 100
-    g = Grid((n, n), 2 * rt / n)
-    x, y = (c - rt for c in g.coordinates_mm())
-    r = np.hypot(x, y)
-    tissue, vessel = r <= rt, r < rv
-    op = Diffusion(g, diff, mask=tissue)
-
-    def residual(p, _):
-        # Rows scaled to O(1): the diffusion rows by the largest diffusion rate.
-        rate = (op(p) - jnp.where(tissue, m * p / (p + km), 0.0)) / op.max_rate_per_h
-        return jnp.where(vessel, pv - p, jnp.where(tissue, rate, p - pv))
-
-    p = steady_state(residual, jnp.full(g.shape, pv))
-    krogh = pv + m / (4 * diff) * (r**2 - rv**2) - m * rt**2 / (2 * diff) * np.log(r / rv)
-    ring = tissue & (r > rv + 2 * g.spacing_mm[0]) & (r < rt - 2 * g.spacing_mm[0])
-    drop = pv - krogh[tissue & ~vessel].min()
-    err = np.max(np.abs(np.asarray(p)[ring] - krogh[ring]))
-    assert err < 0.05 * drop, (err, drop)
 
 
 def test_bad_input():

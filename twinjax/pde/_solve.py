@@ -62,6 +62,7 @@ def solve_pde(
     jump_times_h=(),
     max_steps: int = 100_000,
     throw: bool = True,
+    adjoint: str = "reverse",
 ):
     """Integrate ``dy/dt = f(t, y, args) [+ stiff(t, y, args)]`` from `t0_h` (default the first
     of `times_h`) and return y at `times_h` (leading axis T) (module docs).
@@ -77,16 +78,25 @@ def solve_pde(
     - `rtol`, `atol`: local error tolerances (adaptive methods; also Newton/GMRES tolerances).
     - `jump_times_h`: times where the inputs jump (administrations).
     - `max_steps`: step budget; exceeding it raises `SolverError` (outside `jit`) when `throw`.
+    - `adjoint`: how the solve is differentiated: ``"reverse"`` (default; Diffrax's recursive
+      checkpointing, memory O(log steps), for many parameters or whole maps) or ``"forward"``
+      (`diffrax.ForwardMode`: `jax.jvp`/`jacfwd` only, cheapest for a handful of scalar
+      parameters, e.g. NUTS over a tissue twin's rates with ``forward_mode_differentiation``).
     """
+    adjoints = {"reverse": dfx.RecursiveCheckpointAdjoint(), "forward": dfx.ForwardMode()}
+    if adjoint not in adjoints:
+        raise InputError(f"adjoint = {adjoint!r}; allowed: 'reverse' or 'forward'")
     if method not in _METHODS:
         raise InputError(f"method = {method!r}; allowed: {', '.join(_METHODS)}")
+    # Concrete times (numpy, lists) stay concrete under an outer `jit`: the explicit method's
+    # step grid is built from them. Traced times are accepted by the adaptive methods.
+    try:
+        tsn = np.asarray(times_h, dtype=float)
+    except jax.errors.TracerArrayConversionError:
+        tsn = None
     ts = jnp.asarray(times_h, dtype=float)
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise InputError(f"times_h has shape {ts.shape}; allowed: a 1-D array of >= 1 times (h)")
-    try:
-        tsn = np.asarray(ts)
-    except jax.errors.TracerArrayConversionError:
-        tsn = None
     if tsn is not None and not (np.all(np.isfinite(tsn)) and np.all(np.diff(tsn) >= 0)):
         raise InputError(f"times_h = {tsn}; allowed: finite and sorted (h)")
     t0 = ts[0] if t0_h is None else jnp.asarray(t0_h, dtype=float)
@@ -140,6 +150,7 @@ def solve_pde(
         stepsize_controller=controller,
         max_steps=max_steps,
         throw=False,
+        adjoint=adjoints[adjoint],
     )
     if throw:
         msg = f"the PDE solve ({method}) failed (max_steps={max_steps}, rtol={rtol}, atol={atol})"
