@@ -27,7 +27,7 @@ def design(linear_template_path):
 
 def test_laplace_intervals_cover_at_the_nominal_rate(design):
     tpl, patient, obs = design
-    res = interval_coverage(tpl, patient, obs, NOISE, n_patients=50, num_samples=400, seed=3)
+    res = interval_coverage(tpl, patient, obs, NOISE, n_patients=50, num_samples=250, seed=3)
     lo, hi = res.band()
     assert (lo, hi) == pytest.approx((0.78, 0.98), abs=0.021)  # binom(50, 0.9), 99 % band
     assert res.failed_fits == 0
@@ -36,7 +36,7 @@ def test_laplace_intervals_cover_at_the_nominal_rate(design):
     # Misspecified control: the real noise is 3x what the fit assumes -> intervals too narrow.
     loud = LognormalError({k: 3 * v for k, v in NOISE.cv.items()}, calibration_cv=0.15)
     bad = interval_coverage(
-        tpl, patient, obs, NOISE, n_patients=50, num_samples=400, seed=3, true_noise=loud
+        tpl, patient, obs, NOISE, n_patients=50, num_samples=250, seed=3, true_noise=loud
     )
     assert not bad.inside_band("kidneys") and bad.rate("kidneys") < lo, bad.table()
 

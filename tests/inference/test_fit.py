@@ -53,8 +53,8 @@ def nuts(setup):
         noise=NOISE,
         method="nuts",
         num_chains=2,
-        num_warmup=500,
-        num_samples=500,
+        num_warmup=300,
+        num_samples=350,
         seed=1,
     )
 
@@ -80,7 +80,7 @@ def test_diagnostics_are_stan_like(nuts):
     assert all(e > 100 for e in d.ess_bulk.values())
     assert d.divergences == 0 and d.ode_failures == 0
     assert len(d.ebfmi) == 2 and min(d.ebfmi) > 0.3
-    assert nuts.samples["z"].shape == (2, 500, 4)
+    assert nuts.samples["z"].shape == (2, 350, 4)
 
 
 def test_log_density_is_traced_a_bounded_number_of_times(setup, nuts):

@@ -85,7 +85,7 @@ def _split(obs, t):
     return part(early), part(late)
 
 
-NUTS = dict(noise=NOISE, method="nuts", num_chains=2, num_warmup=400, num_samples=600)
+NUTS = dict(noise=NOISE, method="nuts", num_chains=2, num_warmup=300, num_samples=450)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_exact_path_agrees_with_the_batch_fit_within_3_mcse(setup, batch):
     post = assimilate(post, rest)  # warm-started NUTS on all four scans
     assert post.observed.time_h.size == obs.time_h.size
     assert post.diagnostics.verdict == "ok", post.diagnostics.messages
-    assert post.context.options["num_warmup"] == 200  # half the previous warm-up
+    assert post.context.options["num_warmup"] == 150  # half the previous warm-up
     # 18 comparisons (6 quantities x 3 quantiles) of two independent runs: each difference over
     # its combined MCSE is ~|N(0, 1)|; 3.5 bounds all 18 with ~1 % family-wise false alarms, and
     # their mean must be near sqrt(2/pi) = 0.8.
