@@ -7,6 +7,11 @@ radioligand and tumour-growth models.
 Units: length mm, time h, diffusivity mm^2/h, rates 1/h.
 """
 
+from ._dose_maps import TissueDose as TissueDose
+from ._dose_maps import absorbed_dose_map as absorbed_dose_map
+from ._dose_maps import let_kernels as let_kernels
+from ._dose_maps import protraction_map as protraction_map
+from ._dose_maps import tissue_dose as tissue_dose
 from ._fields import TARGET_DENSITY_NMOL_PER_L as TARGET_DENSITY_NMOL_PER_L
 from ._fields import cellularity as cellularity
 from ._fields import fibrosis_patches as fibrosis_patches
@@ -33,6 +38,14 @@ from ._oxygen import OxygenModel as OxygenModel
 from ._oxygen import hypoxic_fraction as hypoxic_fraction
 from ._oxygen import oxygen_field as oxygen_field
 from ._oxygen import oxygen_summary as oxygen_summary
+from ._radioligand import PSMA617_TUMOUR as PSMA617_TUMOUR
+from ._radioligand import PlasmaInput as PlasmaInput
+from ._radioligand import RadioligandParams as RadioligandParams
+from ._radioligand import RadioligandTissue as RadioligandTissue
+from ._radioligand import TissueTrajectory as TissueTrajectory
+from ._radioligand import swabb_diffusivity_mm2_per_h as swabb_diffusivity_mm2_per_h
+from ._radioligand import template_rates as template_rates
+from ._radioligand import vascular_exchange_rate as vascular_exchange_rate
 from ._solve import solve_pde as solve_pde
 from ._solve import steady_state as steady_state
 from ._tracer_core import SampledInput as SampledInput
