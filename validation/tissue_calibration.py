@@ -60,9 +60,7 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +87,7 @@ from twinjax.pde import (
     synthetic_tumour,
     tracer_diffusivity_mm2_per_h,
 )
+from twinjax.study import _atomic_write  # the package's temp-file + rename writer
 from twinjax.units import MIN_TO_H
 
 # ---- A: FDG tracer twin ----------------------------------------------------------------------
@@ -477,20 +476,6 @@ def _finite(x):
     return x
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("A", "B", "both"), default="both")
@@ -564,7 +549,8 @@ def main(argv=None) -> int:
                 "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         }
-        _atomic_write(args.json, json.dumps(_finite(doc), indent=1))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(args.json, json.dumps(_finite(doc), indent=1).encode())
         print(f"results in {args.json}")
     return 0 if ok_all else 1
 
