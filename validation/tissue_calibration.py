@@ -75,7 +75,7 @@ import scipy.stats
 
 import twinjax
 from twinjax.imaging import Frames, Scanner, blur, poisson_image, simulate_image
-from twinjax.inference.tissue import TissuePosterior, fit_tissue
+from twinjax.inference import TissuePosterior, fit_tissue
 from twinjax.models.pet import FengInput
 from twinjax.pde import (
     Grid,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from twinjax import InputError
-from twinjax.inference.tissue import fit_tissue
+from twinjax.inference import fit_tissue
 from twinjax.pde import Diffusion, Grid, solve_pde
 
 # A 1-D tumour section: 24 cells of 0.5 mm, a perfused rim (x < 5 mm) and an avascular core;

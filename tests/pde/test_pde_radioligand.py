@@ -16,16 +16,13 @@ import pytest
 
 import twinjax
 from twinjax import InputError
+from twinjax.dosimetry import absorbed_dose_map, let_kernels, protraction_map, tissue_dose
 from twinjax.pde import (
     PSMA617_TUMOUR,
     Grid,
     PlasmaInput,
     RadioligandTissue,
-    absorbed_dose_map,
-    let_kernels,
-    protraction_map,
     template_rates,
-    tissue_dose,
 )
 
 N = 12  # cells per axis of every tissue solve

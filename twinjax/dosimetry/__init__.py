@@ -7,6 +7,8 @@
   `dose_metrics`: voxel dosimetry (kernels from the same point-source physics, FFT convolution).
 - `tia_trapezoid`, `fit_exponential`: conventional TIA from a measured TAC (trapezoid with tails;
   mono/bi/uptake/tri-exponential fits, convertible to dose-rate curves for BED).
+- `tissue_dose`, `absorbed_dose_map`, `protraction_map`, `let_kernels`: dose, BED and
+  hypoxia-modified survival maps of a tissue-scale radioligand simulation (`twinjax.pde`).
 - `dose_uncertainty_budget`: variance shares of kinetics, calibration, mass and S-value.
 - Single-time-point estimates of the time-integrated activity (Hänscheid, Madsen).
 
@@ -27,6 +29,11 @@ from .single_timepoint import madsen_tia as madsen_tia
 from .tac import ExponentialFit as ExponentialFit
 from .tac import fit_exponential as fit_exponential
 from .tac import tia_trapezoid as tia_trapezoid
+from .tissue import TissueDose as TissueDose
+from .tissue import absorbed_dose_map as absorbed_dose_map
+from .tissue import let_kernels as let_kernels
+from .tissue import protraction_map as protraction_map
+from .tissue import tissue_dose as tissue_dose
 from .uncertainty import dose_uncertainty_budget as dose_uncertainty_budget
 from .voxel import VoxelKernel as VoxelKernel
 from .voxel import dose_map as dose_map

@@ -1,5 +1,6 @@
 """Bayesian calibration of twins from sparse imaging (NumPyro): priors, model, fit, diagnostics,
-sequential assimilation, cohorts, calibration checks, single-time-point comparison."""
+sequential assimilation, cohorts, calibration checks, single-time-point comparison, tissue-twin
+calibration (`fit_tissue`)."""
 
 from .cohort import CohortPosterior as CohortPosterior
 from .cohort import fit_cohort as fit_cohort
@@ -17,3 +18,5 @@ from .sequential import assimilate as assimilate
 from .sequential import gaussian_update as gaussian_update
 from .single_timepoint import STPComparison as STPComparison
 from .single_timepoint import compare_single_timepoint as compare_single_timepoint
+from .tissue import TissuePosterior as TissuePosterior
+from .tissue import fit_tissue as fit_tissue

@@ -7,11 +7,6 @@ radioligand and tumour-growth models.
 Units: length mm, time h, diffusivity mm^2/h, rates 1/h.
 """
 
-from ._dose_maps import TissueDose as TissueDose
-from ._dose_maps import absorbed_dose_map as absorbed_dose_map
-from ._dose_maps import let_kernels as let_kernels
-from ._dose_maps import protraction_map as protraction_map
-from ._dose_maps import tissue_dose as tissue_dose
 from ._fields import TARGET_DENSITY_NMOL_PER_L as TARGET_DENSITY_NMOL_PER_L
 from ._fields import cellularity as cellularity
 from ._fields import fibrosis_patches as fibrosis_patches

@@ -49,12 +49,11 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._errors import InputError
-from ..dosimetry import VoxelKernel, dose_map, dose_metrics, dose_volume_histogram, voxel_s_kernel
 from ..nuclides import nuclide as _lookup
+from ..pde import Grid, TissueTrajectory
 from ..radiobiology import hypoxia_modified_lq
 from ..radiobiology import tissue as _tissue
-from ._grid import Grid
-from ._radioligand import TissueTrajectory
+from .voxel import VoxelKernel, dose_map, dose_metrics, dose_volume_histogram, voxel_s_kernel
 
 __all__ = ["TissueDose", "absorbed_dose_map", "let_kernels", "protraction_map", "tissue_dose"]
 
@@ -75,7 +74,7 @@ def _cubic_spacing(grid: Grid) -> float:
 def _auto_half_width(nuclide: str, h_mm: float) -> int:
     """The kernel half-width (voxels) holding 99.9 % of the emitted energy (as
     `voxel_s_kernel`'s default)."""
-    from ..dosimetry.voxel import _energy_cdf
+    from .voxel import _energy_cdf
 
     cdf, local, emitted = _energy_cdf(nuclide, "all", 1.0, 1.0)
     spread = emitted - local
