@@ -422,10 +422,14 @@ def _ode_pieces(
         else:
             pieces.append((t0, nxt, schedule.hot_nmol[i], schedule.cold_nmol[i], 0.0, 0.0))
 
-    y = jnp.zeros(3 * n + k_extra)
-    out = jnp.zeros((times.shape[0], 3 * n + k_extra))
-    ok = jnp.asarray(True)
-    for j, (t0, t1, b_hot, b_cold, r_hot, r_cold) in enumerate(pieces):
+    # One compiled solve serves every piece: the pieces are scanned over, not unrolled, so the
+    # compile time of a six-cycle schedule is that of a single administration.
+    cols = [jnp.stack([jnp.asarray(p[c], dtype=float) for p in pieces]) for c in range(6)]
+    is_last = jnp.arange(len(pieces)) == len(pieces) - 1
+
+    def piece(carry, x):
+        y, out, ok = carry
+        t0, t1, b_hot, b_cold, r_hot, r_cold, last = x
         y = y + jnp.concatenate([b_hot * e, b_cold * e, jnp.zeros(n + k_extra)])
         ts = jnp.concatenate([jnp.clip(times, t0, t1), t1[None]])
         # PI control (Hairer & Wanner, Solving ODEs II, IV.2; Soderlind 2002) damps the step-size
@@ -439,16 +443,22 @@ def _ode_pieces(
             t1,
             None,
             y,
-            (jnp.asarray(r_hot), jnp.asarray(r_cold)),
+            (r_hot, r_cold),
             saveat=dfx.SaveAt(ts=ts),
             stepsize_controller=controller,
             adjoint=adjoint,
             max_steps=max_steps,
             throw=throw,
         )
-        last = j == len(pieces) - 1
-        inside = (times >= t0) if last else (times >= t0) & (times < t1)
+        inside = jnp.where(last, times >= t0, (times >= t0) & (times < t1))
         out = jnp.where(inside[:, None], sol.ys[:-1], out)
-        y = sol.ys[-1]
         ok = ok & (sol.result == dfx.RESULTS.successful)
+        return (sol.ys[-1], out, ok), None
+
+    init = (
+        jnp.zeros(3 * n + k_extra),
+        jnp.zeros((times.shape[0], 3 * n + k_extra)),
+        jnp.asarray(True),
+    )
+    (y, out, ok), _ = jax.lax.scan(piece, init, (*cols, is_last))
     return out, y, ok, rates.matrix(y[:n] + y[n : 2 * n])
