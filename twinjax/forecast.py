@@ -5,7 +5,9 @@ Every posterior draw is one plausible patient; `forecast` runs each draw through
 schedule with the repair integrals carried in the model's ODE
 ([`twinjax.radiobiology.bed_from_model`][]), so dose and BED come from the draw's own
 dose-rate curve with the exact Lea-Catcheside factor, cycles with incomplete repair between
-them. Draws are `vmap`-ped and compiled once per scenario structure. Each region's S-value is
+them. Draws are `vmap`-ped and compiled once per structure (template, regions, tolerances,
+number of administrations, nuclide): scenarios that differ only in activities, times or ligand
+amounts share one compiled function, kept across calls. Each region's S-value is
 the self-dose of a sphere of its mass (`twinjax.dosimetry.sphere_s_value`, the scenario's
 nuclide and its chain); alpha particles are RBE-weighted for BED (physical dose is reported
 separately). The result keeps every draw, so any summary can be computed: credible intervals
@@ -40,6 +42,7 @@ Units: dose, BED, EQD2 Gy; TIA MBq h; time h; volume mL; probabilities in [0, 1]
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
@@ -378,23 +381,9 @@ def forecast(
             raise InputError(
                 f"times_h = {times_h!r}; allowed: at least two increasing finite times >= 0 (h)"
             )
-    covariates = _covariates(posterior)
-    masses = {}
-    for r, spec in regions.items():
-        template.roi(r)  # unknown regions fail here, naming the known ones
-        if spec.mass_kg is not None:
-            masses[r] = spec.mass_kg
-        elif f"ct_volume_L_{r}" in covariates:
-            masses[r] = covariates[f"ct_volume_L_{r}"] * SOFT_TISSUE_KG_PER_L
-        else:
-            masses[r] = reference_mass_kg(r, sex)
-    draws = {n: posterior.draws(n) for n in posterior.names}
-    total = len(next(iter(draws.values())))
-    idx = np.linspace(0, total - 1, min(max_draws, total)).round().astype(int)
-    theta = {n: jnp.asarray(v[idx]) for n, v in draws.items()}
-    base = posterior.prior.base
-    tissues = {r: spec.tissue for r, spec in regions.items()}
-    groups = {r: template.roi(r) for r in regions}
+    masses = _region_masses(posterior, template, regions, sex)
+    idx, theta = _thinned_draws(posterior, max_draws)
+    base = _base(posterior)
 
     values: dict = {}
     curves: dict = {}
@@ -404,51 +393,18 @@ def forecast(
     for sc in scenarios:
         tpl = sc.template or template
         nuc = sc.schedule.nuclide
-        s_w = {r: float(sphere_s_value(nuc, masses[r], rbe_alpha=rbe_alpha)) for r in regions}
-        s_phys = {r: float(sphere_s_value(nuc, masses[r])) for r in regions}
-        cross = _cross_s_values(nuc, placed)
-
-        def one(th, tpl=tpl, sc=sc, s_w=s_w, cross=cross):
-            params = tpl.derive({**base, **th})
-            out = bed_from_model(
-                tpl.model, params, sc.schedule, s_w, tissues, groups=groups, rtol=rtol,
-                atol=atol, cross_s_values=cross,
-            )  # fmt: skip
-            resp = {}
-            for r in growing:
-                g, vol = regions[r].growth, masses[r] * 1e3
-                tr = response_from_model(
-                    tpl.model, params, sc.schedule, s_w[r], times, tissue=regions[r].tissue,
-                    volume_mL=vol, doubling_time_h=g.doubling_time_h, growth=g.growth,
-                    carrying_capacity_mL=g.carrying_capacity_mL,
-                    clearance_half_time_h=g.clearance_half_time_h,
-                    marker_half_life_h=g.marker_half_life_h, region=groups[r], rtol=rtol,
-                    atol=atol,
-                )  # fmt: skip
-                resp[r] = {"volume_mL": tr.volume_mL, "marker": tr.marker}
-            return out, resp
-
-        out, resp = jax.jit(jax.vmap(one))(theta)
+        s_w, s_phys, cross = _s_values(nuc, masses, rbe_alpha, placed)
+        # One compiled function per (template, regions, tolerances), cached across scenarios and
+        # calls; jit itself retraces only for a new schedule structure (number of
+        # administrations, infusions, nuclide) or a new draw count.
+        run = _compiled_outcomes(tpl, regions, masses, rtol, atol)
+        # Without a growing region the times are unused: a fixed placeholder keeps the traced
+        # shapes (and so the compilation) independent of the schedule's length.
+        t_arg = jnp.asarray(times) if growing else _NO_TIMES
+        out, resp = run(theta, base, sc.schedule, s_w, s_phys, cross, t_arg)
         values[sc.name], curves[sc.name], voxels[sc.name] = {}, {}, {}
         for r, spec in regions.items():
-            res = {q: np.asarray(v) for q, v in out[r].items()}
-            res["weighted_dose_Gy"] = res["dose_Gy"]
-            # Photon cross-dose carries no RBE: physical = own TIA x S_phys + the cross part.
-            cross_part = res["dose_Gy"] - res["tia_MBqh"] * s_w[r]
-            res["dose_Gy"] = res["tia_MBqh"] * s_phys[r] + cross_part
-            t = spec.tissue
-            if spec.kind == "organ" and isinstance(t, Tissue) and t.lkb is not None:
-                res["ntcp"] = np.asarray(
-                    jax.vmap(lambda e, t=t: ntcp_lkb(e, lkb=t))(res["eqd2_Gy"])
-                )
-            if spec.kind == "tumour" and isinstance(t, Tissue) and t.alpha_per_Gy is not None:
-                # exp(-alpha D - beta G D^2) = exp(-alpha BED), RBE-weighted
-                res["surviving_fraction"] = np.exp(-t.alpha_per_Gy * res["bed_Gy"])
-                if t.clonogen_density_per_cm3 is not None:
-                    vol = masses[r] * 1e3  # cm^3 at unit density
-                    res["tcp"] = np.asarray(
-                        jax.vmap(lambda b, t=t, vol=vol: tcp(b, vol, tissue=t))(res["bed_Gy"])
-                    )
+            res = {q: np.asarray(out[r][q]) for q in _ORDER if q in out[r]}
             if r in resp:
                 c = {k: np.asarray(v) for k, v in resp[r].items()}
                 curves[sc.name][r] = c
@@ -483,6 +439,146 @@ def forecast(
         curves={s: c for s, c in curves.items() if c},
         voxels={s: v for s, v in voxels.items() if v},
     )
+
+
+# Order of the per-draw quantities in `Forecast.values` (jit returns dicts with sorted keys).
+_ORDER = (
+    "bed_Gy", "dose_Gy", "eqd2_Gy", "g", "tia_MBqh", "weighted_dose_Gy", "ntcp",
+    "surviving_fraction", "tcp",
+)  # fmt: skip
+
+
+def _region_quantities(spec: Region) -> tuple[str, ...]:
+    """The per-draw quantities `forecast` computes for a region (before voxel metrics and the
+    time to progression): NTCP for organs whose tissue has LKB parameters; surviving fraction
+    for tumours with a known alpha, TCP where the clonogen density is known too."""
+    t = spec.tissue
+    out = list(_ORDER[:6])
+    if spec.kind == "organ" and isinstance(t, Tissue) and t.lkb is not None:
+        out.append("ntcp")
+    if spec.kind == "tumour" and isinstance(t, Tissue) and t.alpha_per_Gy is not None:
+        out.append("surviving_fraction")
+        if t.clonogen_density_per_cm3 is not None:
+            out.append("tcp")
+    return tuple(out)
+
+
+def _region_masses(posterior, template: Template, regions: Mapping[str, Region], sex) -> dict:
+    """Region -> mass (kg): `Region.mass_kg`, else the patient's CT volume, else ICRP 89."""
+    covariates = _covariates(posterior)
+    masses = {}
+    for r, spec in regions.items():
+        template.roi(r)  # unknown regions fail here, naming the known ones
+        if spec.mass_kg is not None:
+            masses[r] = float(spec.mass_kg)
+        elif f"ct_volume_L_{r}" in covariates:
+            masses[r] = float(covariates[f"ct_volume_L_{r}"]) * SOFT_TISSUE_KG_PER_L
+        else:
+            masses[r] = float(reference_mass_kg(r, sex))
+    return masses
+
+
+def _thinned_draws(posterior, max_draws: int) -> tuple[np.ndarray, dict]:
+    """Indices of up to `max_draws` draws evenly thinned across chains, and the sampled
+    parameters at them (``{name: (draws,)}``)."""
+    draws = {n: posterior.draws(n) for n in posterior.names}
+    total = len(next(iter(draws.values())))
+    idx = np.linspace(0, total - 1, min(max_draws, total)).round().astype(int)
+    return idx, {n: jnp.asarray(v[idx], dtype=float) for n, v in draws.items()}
+
+
+def _base(posterior) -> dict:
+    """The patient's typical parameters (the ones not sampled), as arrays for a traced argument."""
+    return {k: jnp.asarray(v, dtype=float) for k, v in posterior.prior.base.items()}
+
+
+def _s_values(nuc: str, masses: Mapping[str, float], rbe_alpha: float, placed) -> tuple:
+    """Sphere self-dose S-values of each region's mass, RBE-weighted (for BED) and physical
+    (Gy/(MBq h)), and the photon cross S-values between `placed` regions."""
+    s_w = {r: float(sphere_s_value(nuc, m, rbe_alpha=rbe_alpha)) for r, m in masses.items()}
+    s_phys = {r: float(sphere_s_value(nuc, m)) for r, m in masses.items()}
+    return s_w, s_phys, _cross_s_values(nuc, placed)
+
+
+def _draw_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rtol, atol, *,
+                   response: bool = True):  # fmt: skip
+    """The outcomes of ONE posterior draw as a pure function of traced inputs,
+    ``f(theta, base, schedule, s_w, s_phys, cross, times) -> (values, curves)``: `values`
+    region -> quantity -> scalar (`bed_from_model`'s, the physical dose, NTCP, surviving
+    fraction, TCP), `curves` the lesion volume and marker at `times` of growing tumours (when
+    `response`). Differentiable in the schedule's activities and times (forward mode)."""
+    tissues = {r: spec.tissue for r, spec in regions.items()}
+    groups = {r: tpl.roi(r) for r in regions}
+    growing = [r for r, spec in regions.items() if spec.growth is not None] if response else []
+
+    def one(th, base, schedule, s_w, s_phys, cross, times):
+        params = tpl.derive({**base, **th})
+        out = bed_from_model(
+            tpl.model, params, schedule, s_w, tissues, groups=groups, rtol=rtol, atol=atol,
+            cross_s_values=cross,
+        )  # fmt: skip
+        values = {}
+        for r, spec in regions.items():
+            res = dict(out[r])
+            res["weighted_dose_Gy"] = res["dose_Gy"]
+            # Photon cross-dose carries no RBE: physical = own TIA x S_phys + the cross part.
+            cross_part = res["dose_Gy"] - res["tia_MBqh"] * s_w[r]
+            res["dose_Gy"] = res["tia_MBqh"] * s_phys[r] + cross_part
+            t, has = spec.tissue, _region_quantities(spec)
+            if "ntcp" in has:
+                res["ntcp"] = ntcp_lkb(res["eqd2_Gy"], lkb=t)
+            if "surviving_fraction" in has:
+                # exp(-alpha D - beta G D^2) = exp(-alpha BED), RBE-weighted
+                res["surviving_fraction"] = jnp.exp(-t.alpha_per_Gy * res["bed_Gy"])
+            if "tcp" in has:
+                res["tcp"] = tcp(res["bed_Gy"], masses[r] * 1e3, tissue=t)  # cm^3, unit density
+            values[r] = res
+        curves = {}
+        for r in growing:
+            g, vol = regions[r].growth, masses[r] * 1e3
+            tr = response_from_model(
+                tpl.model, params, schedule, s_w[r], times, tissue=regions[r].tissue,
+                volume_mL=vol, doubling_time_h=g.doubling_time_h, growth=g.growth,
+                carrying_capacity_mL=g.carrying_capacity_mL,
+                clearance_half_time_h=g.clearance_half_time_h,
+                marker_half_life_h=g.marker_half_life_h, region=groups[r], rtol=rtol, atol=atol,
+            )  # fmt: skip
+            curves[r] = {"volume_mL": tr.volume_mL, "marker": tr.marker}
+        return values, curves
+
+    return one
+
+
+#: Compiled forecast functions by structure: (template identity, regions, masses, tolerances).
+#: The entry holds the template, so its id cannot be reused while the entry lives.
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_COMPILED_MAX = 16
+_NO_TIMES = np.zeros(1)
+
+
+def _compiled_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rtol, atol):
+    """`_draw_outcomes` vmapped over the draws and jitted, shared by every scenario and call
+    with the same structure. The schedule, S-values, typical parameters and times are traced
+    arguments, so scenarios differing only in activities, times and ligand amounts reuse one
+    compilation; the schedule's static fields (nuclide, number of administrations, infusions)
+    select jit's own cache entry. Masses stay static: the response ODE validates them while
+    tracing."""
+    key = (
+        id(tpl),
+        tuple((r, spec.tissue, spec.kind, spec.growth, masses[r]) for r, spec in regions.items()),
+        float(rtol),
+        float(atol),
+    )
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is tpl:
+        _COMPILED.move_to_end(key)
+        return hit[1]
+    one = _draw_outcomes(tpl, dict(regions), dict(masses), rtol, atol)
+    fn = jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None, None, None)))
+    _COMPILED[key] = (tpl, fn)
+    while len(_COMPILED) > _COMPILED_MAX:
+        _COMPILED.popitem(last=False)
+    return fn
 
 
 def _cross_s_values(nuc: str, placed: Mapping[str, np.ndarray]) -> dict:
