@@ -276,7 +276,10 @@ def test_forecast_compiles_once_for_scenarios_of_one_structure(setup, quadratic)
     assert run._cache_size() == 1
 
 
-def test_optimiser_finds_the_closed_form_constrained_optimum(setup, quadratic):
+@pytest.mark.parametrize("method", ["gradient", "surface"])
+def test_optimiser_finds_the_closed_form_constrained_optimum(setup, quadratic, method):
+    """Both optimisers: gradients through the ODE at every step, and the exact per-draw
+    response surface (three model evaluations, checked at the answer)."""
     tpl, post, regions, history = setup
     c = quadratic["kidneys"]
     # A limit that binds inside the bounds: the 60th percentile of the kidney BED at 7.4 GBq.
@@ -290,8 +293,10 @@ def test_optimiser_finds_the_closed_form_constrained_optimum(setup, quadratic):
     assert 1000.0 < expected < 12000.0
     con = Constraint("kidneys", "bed_Gy", limit, p_max)
     plan = optimise_activity(post, tpl, history, regions, Objective("tumour", "bed_Gy"), [con],
-                             next_time_h=NEXT_H, max_draws=N_DRAWS, steps=60)  # fmt: skip
+                             next_time_h=NEXT_H, max_draws=N_DRAWS, steps=60,
+                             method=method)  # fmt: skip
     assert plan.activity_MBq == pytest.approx(expected, rel=1e-3)
+    assert ("exact response surface" in plan.note) == (method == "surface")
     assert plan.optimiser_activity_MBq == pytest.approx(expected, rel=0.05)
     assert plan.feasible and "bisection" in plan.note
     # The reported probability is the exact fraction of draws at the reported activity.
@@ -308,15 +313,17 @@ def test_optimiser_finds_the_closed_form_constrained_optimum(setup, quadratic):
     assert doc["schedule"][1]["activity_MBq"] == pytest.approx(a) and len(doc["history"]) == 60
     # An unconstrained increasing utility: the upper bound.
     free = optimise_activity(post, tpl, history, regions, Objective("tumour", "bed_Gy"), [],
-                             next_time_h=NEXT_H, max_draws=N_DRAWS, steps=5)  # fmt: skip
+                             next_time_h=NEXT_H, max_draws=N_DRAWS, steps=5,
+                             method=method)  # fmt: skip
     assert free.activity_MBq == 12000.0 and free.feasible
 
 
-def test_gradient_of_expected_tumour_bed_matches_finite_differences(setup, quadratic):
+@pytest.mark.parametrize("method", ["gradient", "surface"])
+def test_gradient_of_expected_tumour_bed_matches_finite_differences(setup, quadratic, method):
     tpl, post, regions, history = setup
     plan = optimise_activity(
         post, tpl, history, regions, Objective("tumour", "bed_Gy"), [], next_time_h=NEXT_H,
-        max_draws=N_DRAWS, steps=1, activity0_MBq=5000.0, polish=False,
+        max_draws=N_DRAWS, steps=1, activity0_MBq=5000.0, polish=False, method=method,
     )  # fmt: skip
     first = plan.history[0]
     assert first["activity_MBq"] == pytest.approx(5000.0, rel=1e-12)

@@ -524,15 +524,7 @@ def _draw_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rtol, a
             # Photon cross-dose carries no RBE: physical = own TIA x S_phys + the cross part.
             cross_part = res["dose_Gy"] - res["tia_MBqh"] * s_w[r]
             res["dose_Gy"] = res["tia_MBqh"] * s_phys[r] + cross_part
-            t, has = spec.tissue, _region_quantities(spec)
-            if "ntcp" in has:
-                res["ntcp"] = ntcp_lkb(res["eqd2_Gy"], lkb=t)
-            if "surviving_fraction" in has:
-                # exp(-alpha D - beta G D^2) = exp(-alpha BED), RBE-weighted
-                res["surviving_fraction"] = jnp.exp(-t.alpha_per_Gy * res["bed_Gy"])
-            if "tcp" in has:
-                res["tcp"] = tcp(res["bed_Gy"], masses[r] * 1e3, tissue=t)  # cm^3, unit density
-            values[r] = res
+            values[r] = _effects(res, spec, masses[r])
         curves = {}
         for r in growing:
             g, vol = regions[r].growth, masses[r] * 1e3
@@ -547,6 +539,20 @@ def _draw_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rtol, a
         return values, curves
 
     return one
+
+
+def _effects(res: dict, spec: Region, mass_kg: float) -> dict:
+    """Add the effects that follow from a region's EQD2/BED: NTCP (LKB) for organs with LKB
+    parameters, surviving fraction and TCP for tumours with alpha (and clonogen density)."""
+    t, has = spec.tissue, _region_quantities(spec)
+    if "ntcp" in has:
+        res["ntcp"] = ntcp_lkb(res["eqd2_Gy"], lkb=t)
+    if "surviving_fraction" in has:
+        # exp(-alpha D - beta G D^2) = exp(-alpha BED), RBE-weighted
+        res["surviving_fraction"] = jnp.exp(-t.alpha_per_Gy * res["bed_Gy"])
+    if "tcp" in has:
+        res["tcp"] = tcp(res["bed_Gy"], mass_kg * 1e3, tissue=t)  # cm^3 at unit density
+    return res
 
 
 #: Compiled forecast functions by structure: (template identity, regions, masses, tolerances).
