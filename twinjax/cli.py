@@ -1,7 +1,9 @@
 """The `twinjax` command line.
 
 ```
-twinjax simulate                      # the embedded default study -> twinjax-out/
+twinjax run                           # the main job: the twin loop on the embedded study
+twinjax run my_twin_study.yaml --out results/
+twinjax simulate                      # time-activity curves of the embedded default study
 twinjax simulate my_study.yaml --out results/
 twinjax templates                     # the published model library
 twinjax nuclide Ac-225                # half-life, energies, decay chain
@@ -23,8 +25,9 @@ app = typer.Typer(
     help=(
         "twinjax: differentiable, probabilistic digital twins for nuclear oncology.\n\n"
         "A twin is a mechanistic model of one patient (whole-body PBPK of a radiopharmaceutical). "
-        "Start with `twinjax simulate`, which runs the embedded default study: one 7.4 GBq "
-        "[177Lu]Lu-PSMA-617 administration, written as time-activity curves (CSV + PNG)."
+        "Start with `twinjax run`, the main job: the digital-twin loop on the embedded default "
+        "study (a synthetic [177Lu]Lu-PSMA-617 patient: cycle-1 scans -> calibrate -> forecast "
+        "the scenario library -> recommend cycle 2 -> its scans -> update -> recommend cycle 3)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -49,6 +52,64 @@ def _check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as err:
         _fail(InputError(f"output folder {str(out)!r} is not writable ({err.strerror})"))
+
+
+@app.command()
+def run(
+    study: Annotated[
+        Path | None,
+        typer.Argument(help="Twin study YAML. Default: the embedded synthetic PSMA-617 study."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("twinjax-out"),
+) -> None:
+    """The main job: run the digital-twin loop of a study and write summary.json, posteriors,
+    the twin file, figures and report.md."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from ._errors import InputError, SolverError
+    from .loop import load_twin_study, run_loop
+    from .report import write_loop_outputs
+
+    _check_writable(out)
+    try:
+        spec = load_twin_study(study).spec  # validate everything before any computation
+        steps = 4 * spec.treatment.decisions + 1
+        console.print(
+            f"twin study [bold]{spec.name}[/]: template [bold]{spec.template}[/], "
+            f"{spec.treatment.decisions} decision point(s), synthetic patient "
+            f"{spec.patient.patient_id!r}"
+        )
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("starting", total=steps)
+
+            def progress(message: str) -> None:
+                bar.update(task, description=message, advance=1)
+
+            result = run_loop(study, progress=progress)
+            bar.update(task, description="writing outputs", advance=1)
+            written = write_loop_outputs(result, out)
+            bar.update(task, description="done", completed=steps)
+    except (InputError, SolverError) as err:
+        _fail(err)
+    table = Table(title="recommendations (synthetic patient)")
+    for col in ("after cycle", "convergence", "recommended next activity", "basis"):
+        table.add_column(col)
+    for d in result.decisions:
+        conv = d["convergence"]
+        rec = d["recommended"]
+        table.add_row(
+            str(d["after_cycle"]),
+            "n/a" if conv is None else conv["verdict"],
+            f"cycle {rec['cycle']}: {rec['activity_MBq'] / 1000:.2f} GBq at {rec['time_h']:g} h",
+            rec["basis"],
+        )
+    Console().print(table)
+    console.print(f"wall time {result.wall_time_s:.0f} s")
+    for p in written:
+        console.print(f"wrote {p}")
 
 
 @app.command()
