@@ -15,6 +15,7 @@ import jax as _jax
 if _os.environ.get("TWINJAX_X64", "1") != "0":
     _jax.config.update("jax_enable_x64", True)
 
+from . import decision as decision
 from . import dosimetry as dosimetry
 from . import models as models
 from . import radiobiology as radiobiology
@@ -46,5 +47,6 @@ from .nuclides import known_nuclides as known_nuclides
 from .nuclides import nuclide as nuclide
 from .schedule import Administration as Administration
 from .schedule import Schedule as Schedule
+from .twin import DigitalTwin as DigitalTwin
 
 __version__ = "0.1.0"
