@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import InputError
+from ._files import atomic_write as _atomic_write
 from .imaging.io import check_against_patient, load_patient, read_tacs
 from .imaging.observe import LognormalError
 from .inference.fit import Posterior, fit
 from .inference.model import Observed
 from .inference.predict import credible_band, predict_activity
 from .models.library import Template, load_template
-from .study import _atomic_write
 
 __all__ = ["calibrate_patient", "write_calibration"]
 

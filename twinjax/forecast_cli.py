@@ -56,12 +56,12 @@ from pydantic import Field, field_validator
 from . import __version__
 from ._config import _Strict, read_yaml, validate
 from ._errors import InputError
+from ._files import atomic_write as _atomic_write
 from .forecast import Forecast, Region, Scenario, TumourGrowth, forecast
 from .inference.fit import load_posterior
 from .models.library import load_template
 from .radiobiology import tissue
 from .schedule import Schedule
-from .study import _atomic_write
 
 __all__ = ["ScenarioFile", "run_forecast"]
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_write as _atomic_write
 from .inference.predict import credible_band, predict_activity
 from .loop import LoopResult
 from .store import _jsonable
-from .study import _atomic_write
 
 __all__ = ["write_loop_outputs"]
 

@@ -25,8 +25,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -34,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import InputError
+from ._files import atomic_write
 
 __all__ = ["SCHEMA", "read_twin_file", "write_twin_file"]
 
@@ -72,27 +71,19 @@ def write_twin_file(
     }
     if posterior_nc is not None:
         members["posterior.nc"] = posterior_nc
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    members["arrays.npz"] = buf.getvalue()
+    npz = io.BytesIO()
+    np.savez(npz, **{k: np.asarray(v) for k, v in arrays.items()})
+    members["arrays.npz"] = npz.getvalue()
     manifest = {
         "schema": SCHEMA,
         "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in members.items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
-                z.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-                for name, data in members.items():
-                    z.writestr(name, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+        for name, data in members.items():
+            z.writestr(name, data)
+    atomic_write(p, buf.getvalue())
     return p
 
 

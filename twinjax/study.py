@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -28,6 +27,7 @@ import numpy as np
 
 from ._config import StudySpec, read_yaml, validate
 from ._errors import InputError
+from ._files import atomic_write as _atomic_write
 from ._resources import configs_dir
 from .models._simulate import Trajectory, simulate
 from .models.library import Template, load_template
@@ -128,20 +128,6 @@ def run_simulation(path: str | Path | None = None) -> SimulationResult:
         rois=tuple(spec.rois or tpl.rois),
         input_hash=digest.hexdigest(),
     )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_simulation(result: SimulationResult, out_dir: str | Path) -> list[Path]:

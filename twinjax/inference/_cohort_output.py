@@ -19,8 +19,8 @@ import yaml
 
 from .._config import UNIT_FACTORS, TemplateSpec, validate
 from .._errors import InputError
+from .._files import atomic_write as _atomic_write
 from ..models import library
-from ..study import _atomic_write
 
 __all__ = ["inference_data", "patient_index", "population", "save_netcdf", "write_template"]
 

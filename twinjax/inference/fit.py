@@ -34,8 +34,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import jax
@@ -50,6 +52,7 @@ from .._errors import InputError
 from ..imaging.observe import LognormalError
 from ..models.library import Template
 from ..schedule import Schedule
+from . import _checkpoint
 from ._chains import on_devices
 from ._laplace import LatentSpace, find_mode
 from .diagnostics import Diagnostics, diagnose
@@ -261,6 +264,8 @@ def fit(
     rtol: float = RTOL,
     atol: float = ATOL,
     warm_start: dict | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
 ) -> Posterior:
     """Personalise `template` to one patient from time-activity data (see module docs).
 
@@ -278,6 +283,21 @@ def fit(
     - `warm_start`: ``{"u": (num_chains, size) initial positions in the flat latent layout,
       "step_size", "inverse_mass_matrix"}`` (NUTS), or ``{"u": (1, size)}``, the optimiser's
       start (MAP, Laplace), as `assimilate` passes it.
+    - `checkpoint`: NUTS only: a file path. The chains then run in chunks of `checkpoint_every`
+      iterations per chain (warm-up included), and after each chunk the sampler state, the draws
+      so far and a fingerprint of the run are written to this file atomically (temp file +
+      rename). If the file exists when `fit` starts, the run resumes from it: a fit killed in the
+      middle and started again with the same arguments continues where its last chunk ended and,
+      on CPU, returns draws bit-identical to an uninterrupted run with the same `seed` (with or
+      without a checkpoint). A file of another run (any other template, data, patient, noise,
+      prior, seed, chain, warm-up or draw count, chain method, tolerance, warm start, x64
+      setting or JAX/NumPyro/twinjax version) is refused with an `InputError` naming the
+      fields that differ, as is a truncated or corrupt one; it is never overwritten. The file
+      is kept when the run completes: the same call again returns the stored draws without
+      sampling; delete it to sample afresh. Refits by `assimilate` do not checkpoint.
+    - `checkpoint_every`: iterations per chain between checkpoints (>= 1). Each chunk writes
+      the file with all draws so far. Chunk boundaries do not change the draws, so a run may
+      resume with another `checkpoint_every`.
 
     **Returns:** a [`Posterior`][].
     """
@@ -294,8 +314,44 @@ def fit(
     ):
         if not isinstance(v, int) or v < lo:
             raise InputError(f"{field} = {v!r}; allowed: an integer >= {lo}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
+        raise InputError(f"checkpoint_every = {checkpoint_every!r}; allowed: an integer >= 1")
+    if checkpoint_every < 1:
+        raise InputError(f"checkpoint_every = {checkpoint_every!r}; allowed: an integer >= 1")
+    if checkpoint is not None:
+        if method != "nuts":
+            raise InputError(
+                f"checkpoint = {str(checkpoint)!r} with method = {method!r}; checkpoints are "
+                "written by method 'nuts' only (pass checkpoint=None)"
+            )
+        if not isinstance(checkpoint, str | os.PathLike) or not str(checkpoint):
+            raise InputError(f"checkpoint = {checkpoint!r}; allowed: a file path or None")
     observed = data if isinstance(data, Observed) else Observed.from_data(data)
     prior = PopulationPrior.from_template(template, patient.covariates, names=names, cv=cv)
+    saved = None
+    if checkpoint is not None:
+        # Read and verify an existing checkpoint before any computation.
+        cm = _chain_method(chain_method, num_chains)
+        fp = _checkpoint.fingerprint(
+            template=template,
+            data_sha256=_provenance(template, observed, seed, method, 0.0, 0)["data_sha256"],
+            covariates=patient.covariates,
+            schedule=schedule,
+            noise=noise,
+            names=prior.names,
+            cv=cv,
+            num_chains=num_chains,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            dense_mass=dense_mass,
+            chain_method=_checkpoint.chain_mode(cm, num_chains),
+            seed=seed,
+            rtol=rtol,
+            atol=atol,
+            warm_start=warm_start,
+        )
+        path = Path(checkpoint)
+        saved = (path, fp, checkpoint_every, _checkpoint.load_matching(path, fp))
     model = calibration_model(template, prior, schedule, observed, noise, rtol=rtol, atol=atol)
     space = latent_space(prior, observed, noise)
     traces = _TraceCounter(model)
@@ -317,6 +373,7 @@ def fit(
                 chain_method,
                 progress_bar,
                 warm_start,
+                saved,
             )
             diagnostics = diagnose(samples, stats, names=(*prior.names,), max_tree_depth=10)
         elif method == "svi":
@@ -389,9 +446,14 @@ def _nuts(
     chain_method,
     progress_bar,
     warm,
+    checkpoint=None,
 ):
     """NUTS with chains started near the prior median, or warm-started from `warm`
-    (``{"u": (chains, size) positions, "step_size", "inverse_mass_matrix"}``)."""
+    (``{"u": (chains, size) positions, "step_size", "inverse_mass_matrix"}``).
+
+    With `checkpoint` ``(path, fingerprint, every, stored checkpoint or None)`` the chains run
+    in chunks of `every` iterations, checkpointed to `path` (see `_checkpoint`); the same kernel,
+    keys and initial values, so the same draws as `MCMC.run`."""
     kw = {}
     k_init, k_run = jax.random.split(key)
     if warm is None:
@@ -407,6 +469,25 @@ def _nuts(
         kw["inverse_mass_matrix"] = {tuple(n for n, _ in space.sites): block}
     kernel = NUTS(model, forward_mode_differentiation=True, dense_mass=dense_mass, **kw)
     cm = _chain_method(chain_method, num_chains)
+    fields = ("diverging", "energy", "num_steps")
+    if checkpoint is not None:
+        path, fp, every, stored = checkpoint
+        samples, extra, last = _checkpoint.run_chunked(
+            kernel,
+            k_run,
+            space.unflatten(u0),
+            path=path,
+            fp=fp,
+            resume=stored,
+            num_chains=num_chains,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            every=every,
+            mode=_checkpoint.chain_mode(cm, num_chains),
+            fields=fields,
+            progress_bar=progress_bar,
+        )
+        return _nuts_outputs(samples, extra, last.adapt_state, space, dense_mass)
     mcmc = MCMC(
         kernel,
         num_warmup=num_warmup,
@@ -418,9 +499,15 @@ def _nuts(
     init = space.unflatten(u0)
     if num_chains == 1:
         init = {k: v[0] for k, v in init.items()}
-    mcmc.run(k_run, init_params=init, extra_fields=("diverging", "energy", "num_steps"))
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    mcmc.run(k_run, init_params=init, extra_fields=fields)
+    samples = mcmc.get_samples(group_by_chain=True)
     extra = mcmc.get_extra_fields(group_by_chain=True)
+    return _nuts_outputs(samples, extra, mcmc.last_state.adapt_state, space, dense_mass)
+
+
+def _nuts_outputs(samples, extra, adapt, space, dense_mass):
+    """Samples, sample stats and the adaptation (for warm starts) of a NUTS run."""
+    samples = {k: np.asarray(v) for k, v in samples.items()}
     stats = {
         "diverging": np.asarray(extra["diverging"]),
         "energy": np.asarray(extra["energy"]),
@@ -428,7 +515,6 @@ def _nuts(
     }
     # What a warm start of the next fit needs: the adapted step size and (inverse) mass matrix,
     # averaged over chains, in the flat latent layout.
-    adapt = mcmc.last_state.adapt_state
     step = np.asarray(adapt.step_size).reshape(-1)
     imm = adapt.inverse_mass_matrix
     if isinstance(imm, dict):  # {tuple of site names: block}; one block over all sites here
