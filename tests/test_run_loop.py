@@ -27,12 +27,13 @@ def _study(template_path) -> dict:
         "template": str(template_path),
         "patient": {
             "patient_id": "synthetic-test",
-            "covariates": {"egfr_L_per_h": 5.4},
+            "covariates": {"egfr_L_per_h": 5.4, "ct_volume_L_tumour": 0.03},
             "truth_seed": 4,
         },
         "regions": {
             "kidneys": {"tissue": "kidney"},
-            "tumour": {"tissue": "prostate_cancer", "kind": "tumour", "mass_kg": 0.03},
+            # mass from the CT volume (a covariate), as the twin's own forecasts use it
+            "tumour": {"tissue": "prostate_cancer", "kind": "tumour"},
         },
         "imaging": {
             "rois": ["kidneys", "tumour", "whole_body"],
@@ -121,7 +122,7 @@ def test_recommendations_respect_the_constraints(run):
 def test_truth_outcome_matches_an_independent_solve(run, linear_template_path):
     _, _, summary = run
     tpl = twinjax.load_template(linear_template_path)
-    prior = PopulationPrior.from_template(tpl, {"egfr_L_per_h": 5.4})
+    prior = PopulationPrior.from_template(tpl, {"egfr_L_per_h": 5.4, "ct_volume_L_tumour": 0.03})
     truth = prior.theta(jax.random.normal(jax.random.key(4), (prior.dim,)))
     for k, v in summary["truth"].items():
         assert v == pytest.approx(float(truth[k]), rel=1e-12)
@@ -132,7 +133,7 @@ def test_truth_outcome_matches_an_independent_solve(run, linear_template_path):
     params = tpl.derive({**prior.base, **truth})
     s = {
         "kidneys": float(sphere_s_value("Lu-177", twinjax.dosimetry.reference_mass_kg("kidneys"))),
-        "tumour": float(sphere_s_value("Lu-177", 0.03)),
+        "tumour": float(sphere_s_value("Lu-177", 0.03 * 1.05)),
     }
     tissues = {"kidneys": rb.tissue("kidney"), "tumour": rb.tissue("prostate_cancer")}
     ref = rb.bed_from_model(tpl.model, params, schedule, s, tissues)

@@ -226,10 +226,13 @@ class _Draws:
     """A fixed set of parameter draws that `forecast` accepts like a posterior (the truth as one
     draw, or prior draws)."""
 
-    def __init__(self, names, values: dict[str, np.ndarray], prior: PopulationPrior):
+    def __init__(self, names, values: dict[str, np.ndarray], prior: PopulationPrior,
+                 covariates: dict[str, float]):  # fmt: skip
         self.names = tuple(names)
         self._values = {k: np.atleast_1d(np.asarray(v, float)) for k, v in values.items()}
         self.prior = prior  # `forecast` reads the typical values of the others: prior.base
+        # ... and the patient's CT volumes (region masses) from the provenance, as for a fit.
+        self.provenance = {"covariates": dict(covariates)}
 
     def draws(self, name: str) -> np.ndarray:
         return self._values[name]
@@ -284,8 +287,12 @@ def run_loop(
     )  # fmt: skip
     max_draws = spec.forecast.max_draws
     reference = _reference_course(spec, tpl)
-    narrowing = [_narrow("prior", _prior_draws(prior, max_draws), tpl, reference, study)]
-    narrowing[0]["truth"] = _narrow_values(_Draws(prior.names, truth, prior), tpl, reference, study)
+    narrowing = [
+        _narrow("prior", _prior_draws(prior, max_draws, patient.covariates), tpl, reference, study)
+    ]
+    narrowing[0]["truth"] = _narrow_values(
+        _Draws(prior.names, truth, prior, patient.covariates), tpl, reference, study
+    )
     decisions, observed, posteriors = [], [], []
     for k in range(1, tr.decisions + 1):
         t_admin = twin.administrations[-1].time_h
@@ -330,7 +337,9 @@ def run_loop(
                 "lowest allowed activity: nothing feasible",
             )
         plan_course = _course(twin.patient.schedule, next_time, activity, remaining, tr, tpl)
-        truth_outcome = _narrow_values(_Draws(prior.names, truth, prior), tpl, plan_course, study)
+        truth_outcome = _narrow_values(
+            _Draws(prior.names, truth, prior, patient.covariates), tpl, plan_course, study
+        )
         decisions.append(
             {
                 "after_cycle": k,
@@ -405,10 +414,10 @@ def _reference_course(spec: TwinStudySpec, tpl: Template) -> Scenario:
     )  # fmt: skip
 
 
-def _prior_draws(prior: PopulationPrior, n: int) -> _Draws:
+def _prior_draws(prior: PopulationPrior, n: int, covariates) -> _Draws:
     z = jax.random.normal(jax.random.key(12345), (n, prior.dim))
     theta = jax.vmap(prior.theta)(z)
-    return _Draws(prior.names, {k: np.asarray(v) for k, v in theta.items()}, prior)
+    return _Draws(prior.names, {k: np.asarray(v) for k, v in theta.items()}, prior, covariates)
 
 
 def _narrow_values(post, tpl, course: Scenario, study: _Study) -> dict:
