@@ -318,6 +318,28 @@ def test_optimiser_finds_the_closed_form_constrained_optimum(setup, quadratic, m
     assert free.activity_MBq == 12000.0 and free.feasible
 
 
+def test_surface_from_forecast_points_equals_own_evaluations(setup, quadratic):
+    """A scenario-library forecast of the same plans on the same draws supplies the response
+    surface's points: same answer as the surface's own model evaluations."""
+    tpl, post, regions, history = setup
+    acts = [2000.0, 6000.0, 10000.0]
+    fc = _forecast_at(setup, acts)
+    con = Constraint("kidneys", "bed_Gy", 4.0, 0.1)
+    kw = dict(next_time_h=NEXT_H, max_draws=N_DRAWS, steps=30, method="surface")
+    own = optimise_activity(post, tpl, history, regions, Objective("tumour", "bed_Gy"), [con], **kw)
+    given = optimise_activity(post, tpl, history, regions, Objective("tumour", "bed_Gy"), [con],
+                              points={a: fc.values[f"{a}"] for a in acts}, **kw)  # fmt: skip
+    assert given.activity_MBq == pytest.approx(own.activity_MBq, rel=1e-9)
+    assert given.violation == own.violation and "exact response surface" in given.note
+    # Points of another plan (here: scaled values) fail the check at the answer: the surface
+    # is rebuilt from its own evaluations, and the answer is unchanged.
+    wrong = {a: {r: {q: 1.1 * v for q, v in qs.items()} for r, qs in fc.values[f"{a}"].items()}
+             for a in acts}  # fmt: skip
+    again = optimise_activity(post, tpl, history, regions, Objective("tumour", "bed_Gy"), [con],
+                              points=wrong, **kw)  # fmt: skip
+    assert again.activity_MBq == pytest.approx(own.activity_MBq, rel=1e-9)
+
+
 @pytest.mark.parametrize("method", ["gradient", "surface"])
 def test_gradient_of_expected_tumour_bed_matches_finite_differences(setup, quadratic, method):
     tpl, post, regions, history = setup

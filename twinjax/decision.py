@@ -761,6 +761,7 @@ def optimise_activity(
     rtol: float = 1e-6,
     atol: float = 1e-9,
     method: Literal["auto", "surface", "gradient"] = "auto",
+    points: Mapping[float, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
 ) -> ActivityPlan:
     """The activity of the next cycle(s) (and optionally the interval) that maximises the
     expected utility of history + plan under chance constraints.
@@ -809,6 +810,11 @@ def optimise_activity(
     - `method`: ``"gradient"`` differentiates through the model's ODE at every step (any
       plan); ``"surface"`` uses each draw's exact response surface in the activity (below);
       ``"auto"`` (default) uses the surface where it is exact and the gradient elsewhere.
+    - `points`: planned activity (MBq) -> model values ``{region: {quantity: (draws,)}}`` of
+      this very plan already computed on the same draws (e.g. a scenario-library forecast of
+      history + the same planned cycles: ``Forecast.values[name]``); three of them replace
+      the surface's own model evaluations. The check at the answer still solves the model, so
+      points from other draws or another plan are caught (and the gradient method is used).
 
     **Response surface.** With the total ligand of every planned cycle fixed (`ligand_nmol`
     given or taken from the history) and the interval fixed, the activity only decides which
@@ -965,7 +971,7 @@ def optimise_activity(
         )
     surface = None
     if method != "gradient" and exact_surface:
-        surface = _Surface(model_values, lo, hi, interval_h, plain, masses)
+        surface = _Surface(model_values, lo, hi, interval_h, plain, masses, points)
         values_of = surface.values_np
         grad_fn = surface.gradient(objective, cons_keys)
     else:
@@ -1055,7 +1061,9 @@ def optimise_activity(
                 max_draws=max_draws, batch_draws=batch_draws, rbe_alpha=rbe_alpha, sex=sex,
                 seed=seed, activity0_MBq=activity0_MBq, temperature=temperature,
                 penalty=penalty, polish=polish, polish_rtol=polish_rtol, rtol=rtol, atol=atol,
-                method="gradient",
+                # given points that do not fit: the surface from its own evaluations; an
+                # own surface that does not fit: the model is not linear in the activity
+                method="gradient" if points is None else method, points=None,
             )  # fmt: skip
         note += f"; exact response surface (deviation at the answer {dev:.1e})"
     interval_out = i_opt if optimise_interval else (interval_h if n_future > 1 else None)
@@ -1078,11 +1086,17 @@ class _Surface:
     `optimise_activity`): TIA and doses affine, BED quadratic, fitted through the model's
     values at the bounds and their midpoint; the effects follow as in `forecast`."""
 
-    def __init__(self, model_values, lo, hi, interval, regions, masses):
+    def __init__(self, model_values, lo, hi, interval, regions, masses, points=None):
         self._model_values, self._interval = model_values, interval
         self.regions, self.masses = regions, masses
-        pts = np.array([lo, 0.5 * (lo + hi), hi])
-        vals = [model_values(float(a), interval) for a in pts]
+        known = sorted((points or {}).items())
+        if len(known) >= 3:  # the lowest, a middle and the highest of the given plans
+            chosen = [known[0], known[len(known) // 2], known[-1]]
+            pts = np.array([float(a) for a, _ in chosen])
+            vals = [v for _, v in chosen]
+        else:
+            pts = np.array([lo, 0.5 * (lo + hi), hi])
+            vals = [model_values(float(a), interval) for a in pts]
         vander = np.vander(pts / hi, 3)  # columns (a/hi)^2, a/hi, 1: well conditioned
         self.hi = hi
         self.coef = {

@@ -319,11 +319,24 @@ def run_loop(
             scenarios, study.objective, study.constraints, max_draws=max_draws
         )
         say(f"cycle {k}: optimising the cycle-{k + 1} activity")
+        # Library scenarios that plan the remaining cycles at one activity, on the same draws,
+        # are points of each draw's response surface: the optimiser need not solve them again.
+        given_n = len(twin.administrations)
+        planned_t = next_time + tr.interval_h * np.arange(remaining)
+        points = {}
+        for sc in scenarios:
+            acts, times = np.asarray(sc.schedule.activity_MBq), np.asarray(sc.schedule.time_h)
+            if (
+                acts.size == given_n + remaining
+                and np.allclose(acts[given_n:], acts[given_n])
+                and np.allclose(times[given_n:], planned_t)
+            ):
+                points[float(acts[given_n])] = fc.values[sc.name]
         plan = twin.optimise(
             study.objective, study.constraints, next_time_h=next_time,
             n_future_cycles=remaining, ligand_nmol=tr.ligand_nmol,
             bounds_MBq=tuple(spec.optimise.bounds_MBq), steps=spec.optimise.steps,
-            max_draws=max_draws, seed=spec.inference.seed + k,
+            max_draws=max_draws, seed=spec.inference.seed + k, points=points,
         )  # fmt: skip
         if plan.feasible:
             activity, basis = round(plan.activity_MBq, -1), "optimised (constraints met)"
@@ -344,10 +357,7 @@ def run_loop(
             {
                 "after_cycle": k,
                 "scans_h": sorted({float(t) for t in scans.time_h}),
-                "convergence": None if post.diagnostics is None else {
-                    "verdict": post.diagnostics.verdict,
-                    "messages": list(post.diagnostics.messages),
-                },
+                "convergence": _convergence(post),
                 "posterior": post.summary(list(post.names)),
                 "ranking": ranking.to_dict(),
                 "forecast": fc.summary(level=0.9),
@@ -370,6 +380,17 @@ def run_loop(
         study, twin, truth, decisions, narrowing, observed,
         time.perf_counter() - t_start, posteriors,
     )  # fmt: skip
+
+
+def _convergence(post) -> dict:
+    """MCMC: the diagnostics' verdict; optimisation-based posteriors have none to give."""
+    if post.diagnostics is not None:
+        return {"verdict": post.diagnostics.verdict, "messages": list(post.diagnostics.messages)}
+    return {
+        "verdict": "not applicable",
+        "messages": [f"{post.method}: an approximation at the posterior mode, no MCMC "
+                     "diagnostics (use inference.method: nuts for R-hat, ESS, divergences)"],
+    }  # fmt: skip
 
 
 def _scans(study: _Study, params, schedule: Schedule, t_admin: float, seed_offset: int):
