@@ -15,6 +15,7 @@ import jax as _jax
 if _os.environ.get("TWINJAX_X64", "1") != "0":
     _jax.config.update("jax_enable_x64", True)
 
+from . import cohort as cohort
 from . import decision as decision
 from . import dosimetry as dosimetry
 from . import models as models
