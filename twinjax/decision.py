@@ -693,6 +693,20 @@ def _plan_schedule(plan: Mapping, a, interval) -> Schedule:
     return eqx.tree_at(lambda s: (s.time_h, s.hot_nmol, s.cold_nmol), sk, (time, hot, cold))
 
 
+def _smoothed(values, objective, cons_keys, thresholds, taus):
+    """Utility and smoothed exceedance probabilities of a plan's draw values, as
+    ``((utility, p_smooth), (utility, p_smooth, utility draws, constrained draws))``."""
+    u = values[objective.region][objective.quantity]
+    util = jnp.mean(u) if objective.statistic == "mean" else jnp.median(u)
+    if cons_keys:
+        x = jnp.stack([values[r][q] for r, q in cons_keys])
+        # Smoothed indicator of exceedance: a logistic of width `taus`.
+        p = jnp.mean(jax.nn.sigmoid((x - thresholds[:, None]) / taus[:, None]), axis=1)
+    else:
+        x, p = jnp.zeros((0, u.shape[0])), jnp.zeros(0)
+    return (util, p), (util, p, u, x)
+
+
 _PLAN_CACHE: dict = {}
 _PLAN_CACHE_MAX = 8
 
@@ -713,15 +727,7 @@ def _plan_gradient(tpl, regions, masses, rtol, atol, objective, cons_keys, with_
     def summaries(a, interval, plan, theta, base, s_w, s_phys, cross, thresholds, taus):
         values, _ = per_draws(theta, base, _plan_schedule(plan, a, interval), s_w, s_phys,
                               cross, jnp.asarray(_NO_TIMES))  # fmt: skip
-        u = values[objective.region][objective.quantity]
-        util = jnp.mean(u) if objective.statistic == "mean" else jnp.median(u)
-        if cons_keys:
-            x = jnp.stack([values[r][q] for r, q in cons_keys])
-            # Smoothed indicator of exceedance: a logistic of width `taus`.
-            p = jnp.mean(jax.nn.sigmoid((x - thresholds[:, None]) / taus[:, None]), axis=1)
-        else:
-            x, p = jnp.zeros((0, u.shape[0])), jnp.zeros(0)
-        return (util, p), (util, p, u, x)
+        return _smoothed(values, objective, cons_keys, thresholds, taus)
 
     argnums = (0, 1) if with_interval else (0,)
     fn = jax.jit(jax.jacfwd(summaries, argnums=argnums, has_aux=True))
@@ -1132,15 +1138,7 @@ class _Surface:
         """Same signature and outputs as `_plan_gradient`'s function, on the surface."""
 
         def summaries(a, interval, plan, theta, base, s_w, s_phys, cross, thresholds, taus):
-            values = self.values(a)
-            u = values[objective.region][objective.quantity]
-            util = jnp.mean(u) if objective.statistic == "mean" else jnp.median(u)
-            if cons_keys:
-                x = jnp.stack([values[r][q] for r, q in cons_keys])
-                p = jnp.mean(jax.nn.sigmoid((x - thresholds[:, None]) / taus[:, None]), axis=1)
-            else:
-                x, p = jnp.zeros((0, u.shape[0])), jnp.zeros(0)
-            return (util, p), (util, p, u, x)
+            return _smoothed(self.values(a), objective, cons_keys, thresholds, taus)
 
         return jax.jit(jax.jacfwd(summaries, argnums=(0,), has_aux=True))
 

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 import twinjax
+from twinjax._files import atomic_write
 from twinjax.imaging import Patient
 from twinjax.imaging.observe import LognormalError
 from twinjax.inference import Observed
@@ -44,16 +43,7 @@ CALIBRATION_CV = 0.05
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode())
 
 
 def main(argv=None) -> int:
