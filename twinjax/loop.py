@@ -43,9 +43,10 @@ from .imaging.observe import LognormalError
 from .inference.model import Observed
 from .inference.priors import PopulationPrior
 from .models._simulate import simulate
-from .models.library import Template, load_template
+from .models.library import Template
 from .radiobiology import known_tissues, tissue
 from .schedule import Administration, Schedule
+from .study import template_of_study
 from .twin import DigitalTwin
 
 __all__ = ["LoopResult", "TwinStudySpec", "default_twin_study_path", "load_twin_study", "run_loop"]
@@ -152,10 +153,7 @@ def load_twin_study(path: str | Path | None = None) -> _Study:
     """Read and validate a twin study (default: the embedded one). Nothing is solved yet."""
     p = Path(path) if path is not None else default_twin_study_path()
     spec = validate(TwinStudySpec, read_yaml(p), p.name)
-    ref = spec.template
-    if ref.endswith((".yaml", ".yml")) and not Path(ref).is_absolute():
-        ref = str((p.parent / ref).resolve())
-    tpl = load_template(ref)
+    tpl = template_of_study(spec.template, p)
     where = p.name
 
     def known_region(field: str, r: str, allowed) -> None:

@@ -40,14 +40,18 @@ def default_study_path() -> Path:
     return configs_dir() / "studies" / "default.yaml"
 
 
+def template_of_study(ref: str, study_path: Path) -> Template:
+    """The template a study names: a shipped one, or a YAML path relative to the study file."""
+    if ref.endswith((".yaml", ".yml")) and not Path(ref).is_absolute():
+        ref = str((study_path.parent / ref).resolve())
+    return load_template(ref)
+
+
 def load_study(path: str | Path | None = None) -> tuple[StudySpec, Template, Schedule, np.ndarray]:
     """Read and validate a study (default: the embedded default study). Nothing is solved yet."""
     p = Path(path) if path is not None else default_study_path()
     spec = validate(StudySpec, read_yaml(p), p.name)
-    template_ref = spec.template
-    if template_ref.endswith((".yaml", ".yml")) and not Path(template_ref).is_absolute():
-        template_ref = str((p.parent / template_ref).resolve())
-    tpl = load_template(template_ref)
+    tpl = template_of_study(spec.template, p)
     unknown = [k for k in spec.parameters if k not in tpl.params]
     if unknown:
         raise InputError(

@@ -46,7 +46,14 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import InputError
-from .decision import Constraint, Objective, optimise_activity, rank, scenario_library
+from .decision import (
+    Constraint,
+    Objective,
+    _administrations,
+    optimise_activity,
+    rank,
+    scenario_library,
+)
 from .forecast import Forecast, Region, Scenario, TumourGrowth, forecast
 from .imaging.io import Patient
 from .imaging.observe import LognormalError
@@ -84,18 +91,6 @@ def _sha256(*arrays) -> str:
 
 def _template_sha256(template: Template) -> str:
     return hashlib.sha256(template.path.read_bytes() if template.path else b"").hexdigest()
-
-
-def _administrations(schedule: Schedule) -> list[Administration]:
-    """The administrations of a schedule (total ligand = hot + cold)."""
-    t = np.asarray(schedule.time_h)
-    a = np.asarray(schedule.activity_MBq)
-    lig = np.asarray(schedule.hot_nmol) + np.asarray(schedule.cold_nmol)
-    dur = np.asarray(schedule.duration_h)
-    return [
-        Administration(float(t[i]), float(a[i]), schedule.nuclide, float(lig[i]), float(dur[i]))
-        for i in range(len(t))
-    ]
 
 
 def _starts_with(schedule: Schedule, given: Sequence[Administration]) -> bool:
