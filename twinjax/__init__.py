@@ -37,6 +37,7 @@ from .inference import fit_cohort as fit_cohort
 from .models import CompartmentalModel as CompartmentalModel
 from .models import Trajectory as Trajectory
 from .models import simulate as simulate
+from .models import simulate_tandem as simulate_tandem
 from .models.library import Template as Template
 from .models.library import list_templates as list_templates
 from .models.library import load_template as load_template
@@ -48,6 +49,7 @@ from .nuclides import known_nuclides as known_nuclides
 from .nuclides import nuclide as nuclide
 from .schedule import Administration as Administration
 from .schedule import Schedule as Schedule
+from .tandem import Tandem as Tandem
 from .twin import DigitalTwin as DigitalTwin
 
 __version__ = "0.1.0"

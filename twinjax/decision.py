@@ -17,13 +17,14 @@ every scenario on the SAME draws, so scenarios are compared draw by draw:
   probability; the answer is then polished on the exact empirical probability (module docs of
   the function) and always reported with it.
 
-**Tandem 177Lu + 225Ac** is not offered: a schedule carries one label, so a forecast integrates
-one dose-rate curve per region. The BED of two simultaneous curves has the Lea-Catcheside cross
-term ``(2 / (alpha/beta)) int R_Lu(t) int_0^t R_Ac(s) exp(-mu (t - s)) ds dt`` (with its
-mirror), which needs both labels in one ODE, and with receptor binding the two labels also
-compete for the same receptors. Adding two single-label forecasts would drop both effects, so
-`scenario_library` rejects ``"tandem"`` rather than fake it; likewise a history in one label
-cannot be continued in another as one cumulative schedule.
+**Tandem 177Lu + 225Ac**: ``"tandem"`` in `scenario_library`'s nuclides offers cycles of both
+labels given together (activity pairs, `DEFAULT_ACTIVITIES_MBQ["tandem"]`), forecast as a
+[`twinjax.Tandem`][]: both labels in one ODE, so they compete for the same receptors, and the
+BED of the summed RBE-weighted dose rate carries the Lea-Catcheside cross term
+``(2 / (alpha/beta)) int R_Lu(t) int_0^t R_Ac(s) exp(-mu (t - s)) ds dt`` (with its mirror).
+Likewise a history in one label continued in another becomes one Tandem schedule (e.g. 177Lu
+cycles then 225Ac cycles), with the repair between them exact. `optimise_activity` plans the
+next single-label cycle only.
 
 Units: activity MBq (names print GBq from 1000 MBq), time h, ligand nmol, dose and BED Gy,
 probabilities in [0, 1].
@@ -62,6 +63,7 @@ from .models.library import Template
 from .nuclides import nuclide as _lookup
 from .radiobiology import Tissue
 from .schedule import Administration, Schedule
+from .tandem import Tandem
 
 __all__ = [
     "MAX_ACTIVITY_MBQ",
@@ -82,8 +84,17 @@ __all__ = [
 #: [177Lu]Lu-PSMA-617 in VISION; about 100 kBq/kg, 7-10 MBq, of [225Ac]Ac-PSMA-617).
 MAX_ACTIVITY_MBQ = {"Lu-177": 30000.0, "Ac-225": 50.0}
 
-#: Per-cycle activities (MBq) of the default scenario library, per radionuclide.
-DEFAULT_ACTIVITIES_MBQ = {"Lu-177": (6000.0, 7400.0, 9000.0), "Ac-225": (4.0, 6.0, 8.0)}
+#: Per-cycle activities (MBq) of the default scenario library, per radionuclide; for
+#: ``"tandem"``, (177Lu MBq, 225Ac MBq) pairs given together, in the range of the tandem
+#: protocols of Khreish et al. (Eur J Nucl Med Mol Imaging 47:721, 2020).
+DEFAULT_ACTIVITIES_MBQ = {
+    "Lu-177": (6000.0, 7400.0, 9000.0),
+    "Ac-225": (4.0, 6.0, 8.0),
+    "tandem": ((6000.0, 4.0), (7400.0, 6.0)),
+}
+
+#: The labels of a ``"tandem"`` option, in the order of its activity pairs.
+TANDEM_LABELS = ("Lu-177", "Ac-225")
 
 #: About 100 ug of PSMA-617 (1042 g/mol): the psma617 templates' default administration (nmol).
 DEFAULT_LIGAND_NMOL = 96.0
@@ -201,24 +212,36 @@ def _check_history(history) -> None:
         )
 
 
-def _check_nuclide(field: str, name: str) -> str:
+def _check_nuclide(field: str, name: str, *, tandem: bool = False) -> str:
+    allowed = sorted(MAX_ACTIVITY_MBQ) + (["tandem"] if tandem else [])
     if isinstance(name, str) and name.strip().lower() == "tandem":
+        if tandem:
+            return "tandem"
         raise InputError(
-            f"{field} = {name!r}: tandem 177Lu + 225Ac cannot be forecast exactly (one label per "
-            "schedule; the Lea-Catcheside cross term of two simultaneous dose-rate curves and "
-            "their receptor competition need both labels in one ODE; see twinjax.decision); "
-            f"allowed: {sorted(MAX_ACTIVITY_MBQ)}"
+            f"{field} = {name!r}; allowed: {allowed} (tandem options come from "
+            "scenario_library(nuclides=[..., 'tandem']))"
         )
     try:
         canonical = _lookup(name).name
     except Exception:
-        raise InputError(f"{field} = {name!r}; allowed: {sorted(MAX_ACTIVITY_MBQ)}") from None
+        raise InputError(f"{field} = {name!r}; allowed: {allowed}") from None
     if canonical not in MAX_ACTIVITY_MBQ:
-        raise InputError(f"{field} = {name!r}; allowed: {sorted(MAX_ACTIVITY_MBQ)}")
+        raise InputError(f"{field} = {name!r}; allowed: {allowed}")
     return canonical
 
 
-def _check_activity(field: str, value, nuc: str) -> float:
+def _check_activity(field: str, value, nuc: str):
+    if nuc == "tandem":
+        pair = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
+        if len(pair) != len(TANDEM_LABELS):
+            raise InputError(
+                f"{field} = {value!r} for tandem; allowed: ({TANDEM_LABELS[0]} MBq, "
+                f"{TANDEM_LABELS[1]} MBq) pairs"
+            )
+        return tuple(
+            _check_activity(f"{field} ({lab})", v, lab)
+            for lab, v in zip(TANDEM_LABELS, pair, strict=True)
+        )
     hi = MAX_ACTIVITY_MBQ[nuc]
     if not _finite(value) or not 0.0 < value <= hi:
         raise InputError(
@@ -240,17 +263,21 @@ def _check_cycles(field: str, value) -> int:
     return int(value)
 
 
-def _with_plan(history, nuc, times, activity, ligand) -> Schedule:
-    """History + bolus administrations of `activity` MBq at `times`."""
-    if history is not None and history.nuclide != nuc:
-        raise InputError(
-            f"nuclide {nuc!r} differs from the history's {history.nuclide!r}: a schedule "
-            "carries one label, so a change of radionuclide cannot be forecast as one cumulative "
-            "schedule (the cross term between the two labels' dose-rate curves is not modelled)"
-        )
+def _with_plan(history, nuc, times, activity, ligand) -> Schedule | Tandem:
+    """History + bolus administrations of `activity` MBq at `times`: one Schedule, or a Tandem
+    when the plan is ``"tandem"`` (a (177Lu, 225Ac) pair per cycle; the 177Lu administration
+    carries the ligand amount, the 225Ac one is carrier-free) or its label differs from the
+    history's."""
     given = _administrations(history) if history is not None else []
-    plan = [Administration(float(t), activity, nuc, ligand) for t in times]
-    return Schedule.from_administrations(given + plan)
+    if nuc == "tandem":
+        plan = [Administration(float(t), activity[0], TANDEM_LABELS[0], ligand) for t in times]
+        plan += [Administration(float(t), activity[1], TANDEM_LABELS[1]) for t in times]
+    else:
+        plan = [Administration(float(t), activity, nuc, ligand) for t in times]
+    admins = given + plan
+    if len({a.nuclide for a in admins}) > 1:
+        return Tandem.from_administrations(admins)
+    return Schedule.from_administrations(admins)
 
 
 def _first_time(history, next_time_h, interval_h) -> float:
@@ -322,6 +349,14 @@ def _format_activity(a: float) -> str:
     return f"{a:g} MBq"
 
 
+def _format_option(nuc: str, a) -> str:
+    """``"Lu-177 6.0 GBq"``, or ``"tandem Lu-177 6.0 GBq + Ac-225 4 MBq"``."""
+    if nuc == "tandem":
+        parts = [f"{lab} {_format_activity(v)}" for lab, v in zip(TANDEM_LABELS, a, strict=True)]
+        return "tandem " + " + ".join(parts)
+    return f"{nuc} {_format_activity(a)}"
+
+
 def _format_interval(h: float) -> str:
     for unit, size in (("w", 168.0), ("d", 24.0)):
         k = h / size
@@ -366,12 +401,12 @@ def scenario_library(
     - `next_time_h`: time of the first planned cycle (h; default one interval after the last
       given cycle, or 0 without history).
     - `activities_MBq`: activities per cycle (MBq), the same for every nuclide or a mapping
-      nuclide -> activities; default `DEFAULT_ACTIVITIES_MBQ`. Each > 0 and at most
-      `MAX_ACTIVITY_MBQ` of its nuclide.
+      nuclide -> activities (``"tandem"`` -> (177Lu MBq, 225Ac MBq) pairs); default
+      `DEFAULT_ACTIVITIES_MBQ`. Each > 0 and at most `MAX_ACTIVITY_MBQ` of its nuclide.
     - `n_cycles`: numbers of planned cycles (>= 1).
     - `intervals_h`: intervals between cycles (h, > 0).
-    - `nuclides`: labels (``"Lu-177"``, ``"Ac-225"``; ``"tandem"`` is rejected, module docs).
-      With a history, only its own label.
+    - `nuclides`: labels (``"Lu-177"``, ``"Ac-225"``) and ``"tandem"`` (both labels each
+      cycle, module docs). A label other than the history's continues it as a Tandem.
     - `ligand_nmol`: total ligand amounts per cycle (nmol; None: carrier-free).
     - `templates`: nuclide -> template of that label (e.g. ``{"Ac-225":
       load_template("psma617_ac225_pbpk")}``); others use the posterior's template.
@@ -382,9 +417,11 @@ def scenario_library(
     **Returns:** a list of [`twinjax.forecast.Scenario`][] with distinct names.
     """
     _check_history(history)
-    nucs = [_check_nuclide("nuclides", n) for n in _values("nuclides", nuclides)]
+    nucs = [_check_nuclide("nuclides", n, tandem=True) for n in _values("nuclides", nuclides)]
     if isinstance(activities_MBq, Mapping):
-        acts = {_check_nuclide("activities_MBq", k): v for k, v in activities_MBq.items()}
+        acts = {
+            _check_nuclide("activities_MBq", k, tandem=True): v for k, v in activities_MBq.items()
+        }
     elif activities_MBq is None:
         acts = DEFAULT_ACTIVITIES_MBQ
     else:
@@ -437,7 +474,7 @@ def scenario_library(
                 for dt in intervals:
                     start = _first_time(history, next_time_h, dt)
                     for lig in ligands:
-                        name = f"{nuc} {_format_activity(a)} x{n} {_format_interval(dt)}"
+                        name = f"{_format_option(nuc, a)} x{n} {_format_interval(dt)}"
                         if len(ligands) > 1:
                             name += " carrier-free" if lig is None else f" {lig:g} nmol"
                         times = start + dt * np.arange(n)
@@ -455,8 +492,15 @@ def scenario_library(
     return out
 
 
-def _same(a: Schedule, b: Schedule) -> bool:
+def _same(a: Schedule | Tandem, b: Schedule | Tandem) -> bool:
     """Two concrete schedules with the same administrations."""
+    if isinstance(a, Tandem) or isinstance(b, Tandem):
+        return (
+            isinstance(a, Tandem)
+            and isinstance(b, Tandem)
+            and a.nuclides == b.nuclides
+            and all(_same(x, y) for x, y in zip(a.schedules, b.schedules, strict=True))
+        )
     if a.nuclide != b.nuclide or a.is_infusion != b.is_infusion:
         return False
     pairs = ((a.time_h, b.time_h), (a.hot_nmol, b.hot_nmol), (a.cold_nmol, b.cold_nmol),

@@ -74,6 +74,7 @@ from .radiobiology import (
     time_to_progression,
 )
 from .schedule import Schedule
+from .tandem import Tandem
 
 __all__ = ["Forecast", "Region", "Scenario", "TumourGrowth", "forecast"]
 
@@ -93,16 +94,21 @@ def _covariates(posterior) -> dict[str, float]:
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     """A treatment option: a `name`, its `schedule` (activities, cycles, interval, nuclide,
-    ligand amount) and optionally the `template` of another label with the same kinetics and
-    parameters (e.g. ``psma617_ac225_pbpk`` for 225Ac); by default the posterior's template."""
+    ligand amount; a [`twinjax.Tandem`][] for several labels at once, e.g. 177Lu + 225Ac) and
+    optionally the `template` of another label with the same kinetics and parameters (e.g.
+    ``psma617_ac225_pbpk`` for 225Ac); by default the posterior's template. The template's
+    model transports the ligand, whatever its label, so a Tandem uses it for every label."""
 
     name: str
-    schedule: Schedule
+    schedule: Schedule | Tandem
     template: Template | None = None
 
     def __post_init__(self):
-        if not isinstance(self.schedule, Schedule):
-            raise InputError(f"scenario {self.name!r}: schedule must be a twinjax.Schedule")
+        if not isinstance(self.schedule, Schedule | Tandem):
+            raise InputError(
+                f"scenario {self.name!r}: schedule must be a twinjax.Schedule or twinjax.Tandem, "
+                f"got {type(self.schedule).__name__}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,6 +317,12 @@ class Forecast:
         of the draws' TIA), calibration, mass and S-value; keyword arguments as
         [`twinjax.dosimetry.dose_uncertainty_budget`][] (`mass_cv`, `calibration_cv`,
         `s_value_cv`, ...)."""
+        if "+" in self.nuclides.get(scenario, ""):
+            raise InputError(
+                f"scenario {scenario!r} is a tandem ({self.nuclides[scenario]}); allowed: "
+                "single-label scenarios (the budget's S-value and calibration terms are per "
+                "nuclide)"
+            )
         tia = self._get(scenario, region, "tia_MBqh")
         return dose_uncertainty_budget(tia, self.nuclides[scenario], self.masses_kg[region], **cvs)
 
@@ -393,7 +405,18 @@ def forecast(
     for sc in scenarios:
         tpl = sc.template or template
         nuc = sc.schedule.nuclide
-        s_w, s_phys, cross = _s_values(nuc, masses, rbe_alpha, placed)
+        if isinstance(sc.schedule, Tandem):
+            voxel = [r for r, spec in regions.items() if spec.voxel_mm is not None]
+            if voxel:
+                raise InputError(
+                    f"scenario {sc.name!r} is a tandem ({nuc}) and regions {voxel} have "
+                    "voxel_mm; allowed: region-level forecasts for tandem scenarios (the labels' "
+                    "voxel kernels differ, so one relative voxel dose map does not exist)"
+                )
+            per = {lab: _s_values(lab, masses, rbe_alpha, placed) for lab in sc.schedule.nuclides}
+            s_w, s_phys, cross = ({lab: v[i] for lab, v in per.items()} for i in range(3))
+        else:
+            s_w, s_phys, cross = _s_values(nuc, masses, rbe_alpha, placed)
         # One compiled function per (template, regions, tolerances), cached across scenarios and
         # calls; jit itself retraces only for a new schedule structure (number of
         # administrations, infusions, nuclide) or a new draw count.
@@ -404,7 +427,7 @@ def forecast(
         out, resp = run(theta, base, sc.schedule, s_w, s_phys, cross, t_arg)
         values[sc.name], curves[sc.name], voxels[sc.name] = {}, {}, {}
         for r, spec in regions.items():
-            res = {q: np.asarray(out[r][q]) for q in _ORDER if q in out[r]}
+            res = {q: np.asarray(out[r][q]) for q in out[r] if q in _ORDER or _is_label_tia(q)}
             if r in resp:
                 c = {k: np.asarray(v) for k, v in resp[r].items()}
                 curves[sc.name][r] = c
@@ -520,16 +543,26 @@ def _draw_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rtol, a
         values = {}
         for r, spec in regions.items():
             res = dict(out[r])
+            # S-values carry the RBE, so bed_from_model's dose is the weighted one. Photon
+            # cross-dose carries no RBE: physical = own TIA x S_phys + the cross part.
             res["weighted_dose_Gy"] = res["dose_Gy"]
-            # Photon cross-dose carries no RBE: physical = own TIA x S_phys + the cross part.
-            cross_part = res["dose_Gy"] - res["tia_MBqh"] * s_w[r]
-            res["dose_Gy"] = res["tia_MBqh"] * s_phys[r] + cross_part
+            if isinstance(schedule, Tandem):
+                tias = res.pop("tia_MBqh")
+                own_w = sum(tias[lab] * s_w[lab][r] for lab in tias)
+                own_phys = sum(tias[lab] * s_phys[lab][r] for lab in tias)
+                res.update({f"tia_MBqh_{lab}": v for lab, v in tias.items()})
+            else:
+                own_w, own_phys = res["tia_MBqh"] * s_w[r], res["tia_MBqh"] * s_phys[r]
+            res["dose_Gy"] = own_phys + (res["dose_Gy"] - own_w)
             values[r] = _effects(res, spec, masses[r])
         curves = {}
         for r in growing:
             g, vol = regions[r].growth, masses[r] * 1e3
+            s_lesion = (
+                {lab: v[r] for lab, v in s_w.items()} if isinstance(schedule, Tandem) else s_w[r]
+            )
             tr = response_from_model(
-                tpl.model, params, schedule, s_w[r], times, tissue=regions[r].tissue,
+                tpl.model, params, schedule, s_lesion, times, tissue=regions[r].tissue,
                 volume_mL=vol, doubling_time_h=g.doubling_time_h, growth=g.growth,
                 carrying_capacity_mL=g.carrying_capacity_mL,
                 clearance_half_time_h=g.clearance_half_time_h,
@@ -598,6 +631,11 @@ def _cross_s_values(nuc: str, placed: Mapping[str, np.ndarray]) -> dict:
                     raise InputError(f"regions {t!r} and {src!r} have the same centroid_mm")
                 out.setdefault(t, {})[src] = float(photon_cross_s_value(nuc, d_cm))
     return out
+
+
+def _is_label_tia(quantity: str) -> bool:
+    """Per-label TIAs of tandem scenarios: ``tia_MBqh_<nuclide>``."""
+    return quantity.startswith("tia_MBqh_")
 
 
 def _has_alpha(name: str) -> bool:

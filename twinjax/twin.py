@@ -67,6 +67,7 @@ from .radiobiology import LKB, Tissue
 from .radiobiology import tissue as _library_tissue
 from .schedule import Administration, Schedule
 from .store import SCHEMA, read_twin_file, write_twin_file
+from .tandem import Tandem
 
 __all__ = ["DigitalTwin"]
 
@@ -93,8 +94,19 @@ def _template_sha256(template: Template) -> str:
     return hashlib.sha256(template.path.read_bytes() if template.path else b"").hexdigest()
 
 
-def _starts_with(schedule: Schedule, given: Sequence[Administration]) -> bool:
-    """Whether `schedule` begins with the administrations `given` (to 1e-9 relative)."""
+def _starts_with(schedule: Schedule | Tandem, given: Sequence[Administration]) -> bool:
+    """Whether `schedule` begins with the administrations `given` (to 1e-9 relative); for a
+    Tandem, its label of the given administrations does, and no other label starts before
+    the last given administration."""
+    if isinstance(schedule, Tandem):
+        if not given:
+            return True
+        if given[0].nuclide not in schedule.nuclides:
+            return False
+        others = [s for s in schedule.schedules if s.nuclide != given[0].nuclide]
+        if any(float(np.asarray(s.time_h)[0]) <= given[-1].time_h for s in others):
+            return False
+        schedule = schedule.label(given[0].nuclide)
     mine = _administrations(schedule)
     if len(mine) < len(given):
         return False

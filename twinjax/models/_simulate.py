@@ -46,6 +46,7 @@ from jaxtyping import Array, Bool, Float
 
 from .._errors import InputError, SolverError
 from ..schedule import Schedule
+from ..tandem import Tandem, _event_table, as_labels
 from ._rosenbrock import Rodas4
 from .compartmental import CompartmentalModel
 
@@ -234,6 +235,87 @@ def simulate(
     )
 
 
+def simulate_tandem(
+    model: CompartmentalModel,
+    params: Mapping[str, Array | float],
+    tandem: Tandem,
+    times_h,
+    *,
+    rtol: float = 1e-8,
+    atol: float = 1e-12,
+    solver=None,
+    adjoint: Literal["forward", "reverse", "direct"] | dfx.AbstractAdjoint = "forward",
+    max_steps: int = 16384,
+    tail_half_lives: float = 5.0,
+    throw: bool = True,
+) -> dict[str, Trajectory]:
+    """Simulate a [`twinjax.Tandem`][] schedule: every label of the same ligand in ONE ODE.
+
+    All labels share the total ligand's kinetics (receptor competition included) and each
+    decays at its own rate into cold ligand (module docs of `twinjax.tandem`). For a linear
+    model the labels do not interact and each is solved exactly on its own.
+
+    **Arguments:** as [`simulate`][], with `tandem` in place of the schedule; `tail_half_lives`
+    counts half-lives of the longest-lived label.
+
+    **Returns:** nuclide -> [`Trajectory`][] of that label: its labelled ligand (`hot_nmol`),
+    every other molecule (`cold_nmol`: the other labels, cold ligand and decayed molecules, so
+    that `ligand_nmol` is the same for every label), its cumulated activity and TIA.
+    """
+    if not isinstance(tandem, Tandem):
+        raise InputError(f"tandem must be a twinjax.Tandem, got {type(tandem).__name__}")
+    labels = tandem.schedules
+    for s in labels:
+        params = _check_inputs(model, params, s)
+    times = _check_times(times_h)
+    n, n_lab = model.n_compartments, len(labels)
+    if model.is_linear:
+        parts = [_simulate_linear(model, params, s, times, s.decay_constant_per_h) for s in labels]
+        total = sum(p[0] + p[1] for p in parts)
+        per_label = [(p[0], total - p[0], p[2], p[3], p[4]) for p in parts]
+    else:
+        lam = tandem.decay_constant_per_h
+        try:
+            out, y, ok, a_end = _ode_pieces(
+                model, params, tandem, times, lam, rtol, atol, solver, _adjoint(adjoint),
+                max_steps, tail_half_lives, throw,
+            )  # fmt: skip
+        except eqx.EquinoxRuntimeError as err:  # raised when called outside jit
+            raise SolverError(
+                f"the ODE solve of model {model.name!r} (tandem {tandem.nuclide}) failed: "
+                f"{str(err).splitlines()[0]} (max_steps={max_steps}, rtol={rtol}, atol={atol}); "
+                "raise max_steps or check that the parameters are physical"
+            ) from None
+        n_hot = n_lab * n
+        total = jnp.sum(out[:, :n_hot].reshape(-1, n_lab, n), axis=1) + out[:, n_hot : n_hot + n]
+        per_label = []
+        for l in range(n_lab):
+            hot = out[:, l * n : (l + 1) * n]
+            cum = out[:, n_hot + n + l * n : n_hot + n + (l + 1) * n]
+            # Tail with occupancy frozen at its final value, per label (as `simulate`).
+            y_hot = y[l * n : (l + 1) * n]
+            tail = -jnp.linalg.solve(a_end - lam[l] * jnp.eye(n), y_hot)
+            y_cum = y[n_hot + n + l * n : n_hot + n + (l + 1) * n]
+            per_label.append((hot, total - hot, cum, y_cum + tail, ok))
+    result = {}
+    for s, (hot, cold, cum, total_cum, success) in zip(labels, per_label, strict=True):
+        result[s.nuclide] = Trajectory(
+            times_h=times,
+            hot_nmol=hot,
+            cold_nmol=cold,
+            cumulated_hot_nmol_h=cum,
+            total_cumulated_hot_nmol_h=total_cum,
+            administered_hot_nmol=_administered(s, times),
+            volumes_L=model.compartment_volumes(params),
+            success=success,
+            model=model,
+            nuclide=s.nuclide,
+            mbq_per_nmol=s.mbq_per_nmol,
+            decay_constant_per_h=s.decay_constant_per_h,
+        )
+    return result
+
+
 def _check_inputs(model, params, schedule) -> dict:
     """Validate the model, schedule and parameters (before any solve); the parameters as
     float arrays."""
@@ -363,7 +445,7 @@ def _simulate_ode(model, params, schedule: Schedule, times, lam, *solve):
 def _ode_pieces(
     model,
     params,
-    schedule: Schedule,
+    schedule,
     times,
     lam,
     rtol,
@@ -375,14 +457,24 @@ def _ode_pieces(
     throw,
     extra=None,
 ):
-    """Integrate ``[hot, cold, cumulated hot, *extra]`` piecewise between administrations up to
-    `tail_half_lives` physical half-lives after the last event.
+    """Integrate ``[hot_1..hot_L, cold, cumulated hot_1..hot_L, *extra]`` piecewise between
+    administration events up to `tail_half_lives` physical half-lives (of the longest-lived
+    label) after the last event.
 
-    `extra` = ``(k, f)`` appends k states with ``dz/dt = f(hot, z)`` (e.g. the repair integrals
-    of `twinjax.radiobiology.bed_from_model`), zero at the first administration. Returns the
-    states at `times` ``(T, 3n + k)``, the final state, the success flag and the transfer
-    matrix at the final occupancy (for the tail)."""
+    `schedule` is a `Schedule` (L = 1: the state is ``[hot, cold, cum]``) or a
+    `twinjax.Tandem` (one hot and one cumulated state per label, in its order; `lam` is then
+    the vector of the labels' decay constants). Every label is transported by the kinetics of
+    the TOTAL ligand (all labels plus cold), so labels compete for the same receptors.
+    `extra` = ``(k, f)`` appends k states with ``dz/dt = f(hot, z)``, `hot` the concatenated
+    hot states ``(L n,)`` (e.g. the repair integrals of `twinjax.radiobiology.bed_from_model`),
+    zero at the first administration. Returns the states at `times` ``((2L + 1) n + k)`` per
+    time, the final state, the success flag and the transfer matrix at the final occupancy
+    (for the tail)."""
+    labels = as_labels(schedule)
+    n_lab = len(labels)
+    lam = jnp.reshape(jnp.asarray(lam, dtype=float), (n_lab,))
     n = model.n_compartments
+    n_hot = n_lab * n
     k_extra, f_extra = extra if extra is not None else (0, None)
     e = jnp.asarray(model.dose_vector())
 
@@ -390,47 +482,48 @@ def _ode_pieces(
 
     def rhs(t, y, args):
         u_hot, u_cold = args
-        hot, cold = y[:n], y[n : 2 * n]
-        tot = hot + cold
+        hots = y[:n_hot].reshape(n_lab, n)
+        cold = y[n_hot : n_hot + n]
+        tot = jnp.sum(hots, axis=0) + cold
+        # Each label is a tracer of the total ligand's kinetics (linear in the label at fixed
+        # total), decaying into cold ligand at its own rate.
+        d_hot = jnp.stack([rates.apply(hots[l], tot) for l in range(n_lab)])
+        d_hot = d_hot - lam[:, None] * hots + u_hot[:, None] * e
         parts = [
-            rates.apply(hot, tot) - lam * hot + u_hot * e,
-            rates.apply(cold, tot) + lam * hot + u_cold * e,
-            hot,
+            d_hot.reshape(-1),
+            rates.apply(cold, tot) + jnp.sum(lam[:, None] * hots, axis=0) + u_cold * e,
+            y[:n_hot],
         ]
         if k_extra:
-            parts.append(f_extra(hot, y[3 * n :]))
+            parts.append(f_extra(y[:n_hot], y[2 * n_hot + n :]))
         return jnp.concatenate(parts)
 
     term = dfx.ODETerm(rhs)
     if solver is None:
         solver = Rodas4()
 
-    # Pieces between events: (start, end, bolus hot, bolus cold, infusion rate hot, cold).
-    n_adm = schedule.n_administrations
-    t_last_event = schedule.time_h[-1] + schedule.duration_h[-1]
-    t_end = jnp.maximum(times[-1], t_last_event)
-    t_horizon = t_end + tail_half_lives * (np.log(2.0) / lam)
-    pieces = []
-    for i in range(n_adm):
-        t0 = schedule.time_h[i]
-        nxt = schedule.time_h[i + 1] if i + 1 < n_adm else t_horizon
-        if schedule.is_infusion[i]:
-            d = schedule.duration_h[i]
-            rate = (schedule.hot_nmol[i] / d, schedule.cold_nmol[i] / d)
-            pieces.append((t0, t0 + d, 0.0, 0.0, *rate))
-            pieces.append((t0 + d, nxt, 0.0, 0.0, 0.0, 0.0))
-        else:
-            pieces.append((t0, nxt, schedule.hot_nmol[i], schedule.cold_nmol[i], 0.0, 0.0))
+    # Pieces between events (administration starts and infusion ends of all labels), sorted in
+    # time with traced times: each event opens one piece with its own bolus (simultaneous
+    # events give zero-length pieces, which the solver passes through without a step), and the
+    # infusions running at a piece's start set its input rates.
+    ev_t, ev_hot, ev_cold, inf_s, inf_e, inf_hot, inf_cold = _event_table(labels)
+    order = jnp.argsort(ev_t, stable=True)
+    t0s = ev_t[order]
+    t_end = jnp.maximum(times[-1], t0s[-1])
+    t_horizon = t_end + tail_half_lives * (np.log(2.0) / jnp.min(lam))
+    t1s = jnp.concatenate([t0s[1:], t_horizon[None]])
+    active = ((inf_s[None, :] <= t0s[:, None]) & (t0s[:, None] < inf_e[None, :])).astype(float)
+    cols = (t0s, t1s, ev_hot[order], ev_cold[order], active @ inf_hot, active @ inf_cold)
+    is_last = jnp.arange(t0s.shape[0]) == t0s.shape[0] - 1
 
     # One compiled solve serves every piece: the pieces are scanned over, not unrolled, so the
     # compile time of a six-cycle schedule is that of a single administration.
-    cols = [jnp.stack([jnp.asarray(p[c], dtype=float) for p in pieces]) for c in range(6)]
-    is_last = jnp.arange(len(pieces)) == len(pieces) - 1
-
     def piece(carry, x):
         y, out, ok = carry
         t0, t1, b_hot, b_cold, r_hot, r_cold, last = x
-        y = y + jnp.concatenate([b_hot * e, b_cold * e, jnp.zeros(n + k_extra)])
+        y = y + jnp.concatenate(
+            [(b_hot[:, None] * e).reshape(-1), b_cold * e, jnp.zeros(n_hot + k_extra)]
+        )
         ts = jnp.concatenate([jnp.clip(times, t0, t1), t1[None]])
         # PI control (Hairer & Wanner, Solving ODEs II, IV.2; Soderlind 2002) damps the step-size
         # oscillations that plain integral control shows on these stiff systems. Steps land on
@@ -455,10 +548,8 @@ def _ode_pieces(
         ok = ok & (sol.result == dfx.RESULTS.successful)
         return (sol.ys[-1], out, ok), None
 
-    init = (
-        jnp.zeros(3 * n + k_extra),
-        jnp.zeros((times.shape[0], 3 * n + k_extra)),
-        jnp.asarray(True),
-    )
+    size = 2 * n_hot + n + k_extra
+    init = (jnp.zeros(size), jnp.zeros((times.shape[0], size)), jnp.asarray(True))
     (y, out, ok), _ = jax.lax.scan(piece, init, (*cols, is_last))
-    return out, y, ok, rates.matrix(y[:n] + y[n : 2 * n])
+    total = jnp.sum(y[:n_hot].reshape(n_lab, n), axis=0) + y[n_hot : n_hot + n]
+    return out, y, ok, rates.matrix(total)
