@@ -11,3 +11,5 @@ from .compartmental import Binding as Binding
 from .compartmental import CompartmentalModel as CompartmentalModel
 from .compartmental import SaturableTransfer as SaturableTransfer
 from .compartmental import Transfer as Transfer
+from .sbml import read_sbml as read_sbml
+from .sbml import write_sbml as write_sbml
