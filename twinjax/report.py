@@ -101,11 +101,13 @@ def write_loop_outputs(result: LoopResult, out_dir: str | Path) -> list[Path]:
 def _tac_figure(result: LoopResult, k: int, post) -> bytes:
     plt = _plt()
     tpl = result.study.template
-    ctx_schedule = post.context.patient.schedule
     rois = list(result.study.spec.imaging.rois)
     t_end = float(post.observed.time_h.max()) * 1.1 + 24.0
     times = np.linspace(0.0, t_end, 200)
-    curves = predict_activity(post, tpl, ctx_schedule, times, rois, max_draws=100)
+    # Every figure uses the twin's final schedule: administrations after `t_end` do not change
+    # the curves before it, and one schedule structure means one compilation for all figures.
+    schedule = result.twin.patient.schedule
+    curves = predict_activity(post, tpl, schedule, times, rois, max_draws=100)
     fig, axes = plt.subplots(1, len(rois), figsize=(3.4 * len(rois), 3.0), squeeze=False)
     for ax, roi in zip(axes[0], rois, strict=True):
         lo, med, hi = credible_band(curves[roi])

@@ -8,6 +8,7 @@ with credible bands like the observed ones.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 
 import jax
@@ -41,17 +42,40 @@ def predict_activity(
     total = len(next(iter(draws.values())))
     idx = np.linspace(0, total - 1, min(max_draws, total)).round().astype(int)
     theta = {n: jnp.asarray(v[idx]) for n, v in draws.items()}
-    base = posterior.prior.base
+    base = {k: jnp.asarray(v, dtype=float) for k, v in posterior.prior.base.items()}
     times = jnp.asarray(times_h, dtype=float)
+    run = _compiled(template, tuple(rois), float(rtol), float(atol))
+    out = run(theta, base, schedule, times)
+    return {r: np.asarray(v) for r, v in out.items()}
+
+
+#: Compiled predictive simulators by (template identity, regions, tolerances): the draws,
+#: typical parameters, schedule and times are traced, so later calls (another posterior of the
+#: same template, the next cycle's figure) reuse the compilation while the schedule's
+#: structure and the array shapes stay the same. The entry holds the template, so its id
+#: cannot be reused while the entry lives.
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_COMPILED_MAX = 8
+
+
+def _compiled(template: Template, rois: tuple[str, ...], rtol: float, atol: float):
+    key = (id(template), rois, rtol, atol)
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is template:
+        _COMPILED.move_to_end(key)
+        return hit[1]
     groups = {r: template.roi(r) for r in rois}
 
-    def one(th):
+    def one(th, base, schedule, times):
         params = template.derive({**base, **th})
         tr = simulate(template.model, params, schedule, times, rtol=rtol, atol=atol, throw=False)
         return {r: sum(tr.activity(g) for g in gs) for r, gs in groups.items()}
 
-    out = jax.jit(jax.vmap(one))(theta)
-    return {r: np.asarray(v) for r, v in out.items()}
+    fn = jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+    _COMPILED[key] = (template, fn)
+    while len(_COMPILED) > _COMPILED_MAX:
+        _COMPILED.popitem(last=False)
+    return fn
 
 
 def credible_band(curves: np.ndarray, level: float = 0.9) -> tuple[np.ndarray, ...]:
