@@ -1,6 +1,8 @@
 """How the patient is seen: observation models, clinical data input, image synthesis and PET
 biomarkers (layer 3)."""
 
+from .dose_out import write_dose_nifti as write_dose_nifti
+from .dose_out import write_dose_rtdose as write_dose_rtdose
 from .features import TruthLinks as TruthLinks
 from .features import auc_csh as auc_csh
 from .features import biomarkers as biomarkers
@@ -34,3 +36,16 @@ from .synth import poisson_image as poisson_image
 from .synth import region_tacs as region_tacs
 from .synth import simulate_image as simulate_image
 from .synth import to_scanner_grid as to_scanner_grid
+from .volumes import Geometry as Geometry
+from .volumes import ImagingTACs as ImagingTACs
+from .volumes import ImagingWarning as ImagingWarning
+from .volumes import Recovery as Recovery
+from .volumes import ScanInfo as ScanInfo
+from .volumes import Volume as Volume
+from .volumes import check_geometry as check_geometry
+from .volumes import read_image as read_image
+from .volumes import read_images as read_images
+from .volumes import read_label_masks as read_label_masks
+from .volumes import read_mask as read_mask
+from .volumes import resample_nearest as resample_nearest
+from .volumes import tacs_from_images as tacs_from_images
