@@ -501,10 +501,23 @@ def _region_masses(posterior, template: Template, regions: Mapping[str, Region],
     return masses
 
 
+#: Per-draw response parameters a posterior may carry for a region r, as samples named
+#: ``f"{r}{RESPONSE_SEP}{q}"`` (e.g. ``tumour__alpha_per_Gy``), from outcomes assimilated by
+#: `twinjax.outcomes`: they replace the region's tissue alpha and growth doubling time draw by
+#: draw.
+RESPONSE_SEP = "__"
+RESPONSE_PARAMS = ("alpha_per_Gy", "doubling_time_h")
+
+
+def _response_names(posterior) -> list[str]:
+    samples = getattr(posterior, "samples", {}) or {}
+    return [k for k in samples if any(k.endswith(RESPONSE_SEP + q) for q in RESPONSE_PARAMS)]
+
+
 def _thinned_draws(posterior, max_draws: int) -> tuple[np.ndarray, dict]:
     """Indices of up to `max_draws` draws evenly thinned across chains, and the sampled
-    parameters at them (``{name: (draws,)}``)."""
-    draws = {n: posterior.draws(n) for n in posterior.names}
+    parameters at them (``{name: (draws,)}``), per-draw response parameters included."""
+    draws = {n: posterior.draws(n) for n in (*posterior.names, *_response_names(posterior))}
     total = len(next(iter(draws.values())))
     idx = np.linspace(0, total - 1, min(max_draws, total)).round().astype(int)
     return idx, {n: jnp.asarray(v[idx], dtype=float) for n, v in draws.items()}
@@ -535,6 +548,9 @@ def _draw_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rtol, a
     growing = [r for r, spec in regions.items() if spec.growth is not None] if response else []
 
     def one(th, base, schedule, s_w, s_phys, cross, times):
+        th = dict(th)
+        resp = {r: {q: th.pop(f"{r}{RESPONSE_SEP}{q}") for q in RESPONSE_PARAMS
+                    if f"{r}{RESPONSE_SEP}{q}" in th} for r in regions}  # fmt: skip
         params = tpl.derive({**base, **th})
         out = bed_from_model(
             tpl.model, params, schedule, s_w, tissues, groups=groups, rtol=rtol, atol=atol,
@@ -554,7 +570,7 @@ def _draw_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rtol, a
             else:
                 own_w, own_phys = res["tia_MBqh"] * s_w[r], res["tia_MBqh"] * s_phys[r]
             res["dose_Gy"] = own_phys + (res["dose_Gy"] - own_w)
-            values[r] = _effects(res, spec, masses[r])
+            values[r] = _effects(res, spec, masses[r], alpha=resp[r].get("alpha_per_Gy"))
         curves = {}
         for r in growing:
             g, vol = regions[r].growth, masses[r] * 1e3
@@ -563,7 +579,8 @@ def _draw_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rtol, a
             )
             tr = response_from_model(
                 tpl.model, params, schedule, s_lesion, times, tissue=regions[r].tissue,
-                volume_mL=vol, doubling_time_h=g.doubling_time_h, growth=g.growth,
+                volume_mL=vol, doubling_time_h=resp[r].get("doubling_time_h", g.doubling_time_h),
+                alpha_per_Gy=resp[r].get("alpha_per_Gy"), growth=g.growth,
                 carrying_capacity_mL=g.carrying_capacity_mL,
                 clearance_half_time_h=g.clearance_half_time_h,
                 marker_half_life_h=g.marker_half_life_h, region=groups[r], rtol=rtol, atol=atol,
@@ -574,17 +591,25 @@ def _draw_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rtol, a
     return one
 
 
-def _effects(res: dict, spec: Region, mass_kg: float) -> dict:
+def _effects(res: dict, spec: Region, mass_kg: float, *, alpha=None) -> dict:
     """Add the effects that follow from a region's EQD2/BED: NTCP (LKB) for organs with LKB
-    parameters, surviving fraction and TCP for tumours with alpha (and clonogen density)."""
+    parameters, surviving fraction and TCP for tumours with alpha (and clonogen density).
+    `alpha` (1/Gy): this draw's own radiosensitivity (outcomes assimilated); then the TCP is
+    the individual one, the spread of alpha being carried by the draws."""
     t, has = spec.tissue, _region_quantities(spec)
     if "ntcp" in has:
         res["ntcp"] = ntcp_lkb(res["eqd2_Gy"], lkb=t)
+    a = getattr(t, "alpha_per_Gy", None) if alpha is None else alpha
     if "surviving_fraction" in has:
         # exp(-alpha D - beta G D^2) = exp(-alpha BED), RBE-weighted
-        res["surviving_fraction"] = jnp.exp(-t.alpha_per_Gy * res["bed_Gy"])
+        res["surviving_fraction"] = jnp.exp(-a * res["bed_Gy"])
     if "tcp" in has:
-        res["tcp"] = tcp(res["bed_Gy"], mass_kg * 1e3, tissue=t)  # cm^3 at unit density
+        vol = mass_kg * 1e3  # cm^3 at unit density
+        res["tcp"] = (
+            tcp(res["bed_Gy"], vol, tissue=t)
+            if alpha is None
+            else tcp(res["bed_Gy"], vol, tissue=t, alpha_per_Gy=a, alpha_sd_per_Gy=0.0)
+        )
     return res
 
 

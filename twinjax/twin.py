@@ -27,8 +27,12 @@ and saved with the twin.
   followed by the planned ones; a scenario that does not start with what was given is refused.
   `compare` ranks them with [`twinjax.decision.rank`][]; `optimise` finds the next cycle's
   activity with [`twinjax.decision.optimise_activity`][]. Both are logged.
-- **Outcomes.** `record_outcome` keeps observed outcomes (e.g. PSA, toxicity grade) in the
-  twin's history for cohort learning; they do not enter the PBPK likelihood.
+- **Outcomes.** ``assimilate(outcomes=...)`` brings observed tumour response (a PSA-like
+  marker relative to baseline, lesion volume) into the twin's belief about the lesion's
+  radiosensitivity and regrowth ([`twinjax.outcomes`][]): `belief` is then the scan posterior
+  reweighted by the outcomes, and forecasts and decisions use it; outcomes are re-applied
+  after every later scan update. `record_outcome` keeps other outcomes (e.g. a toxicity grade)
+  in the twin's history.
 
 Units: time h since the first administration (the study clock), activity MBq, ligand nmol.
 """
@@ -63,6 +67,7 @@ from .inference.model import Observed
 from .inference.priors import PopulationPrior
 from .inference.sequential import assimilate as _assimilate
 from .models.library import Template, list_templates, load_template
+from .outcomes import OutcomeUpdate, ResponseObservation, ResponsePrior, assimilate_outcomes
 from .radiobiology import LKB, Tissue
 from .radiobiology import tissue as _library_tissue
 from .schedule import Administration, Schedule
@@ -175,6 +180,9 @@ class DigitalTwin:
         self.posterior: Posterior | None = None
         self.history: list[dict] = []
         self.outcomes: list[dict] = []
+        self.responses: list[ResponseObservation] = []
+        self.outcome_options: dict = {}
+        self.outcome_update: OutcomeUpdate | None = None
         self._log("create", template=self.template.name,
                   template_sha256=_template_sha256(self.template),
                   administrations=[dataclasses.asdict(a) for a in self.administrations])  # fmt: skip
@@ -225,17 +233,32 @@ class DigitalTwin:
         scans=None,
         *,
         labs: Mapping[str, float] | None = None,
+        outcomes=None,
         method: str = "exact",
+        outcome_options: Mapping | None = None,
     ) -> Posterior:
         """Bring new scans (an [`Observed`][] or `TimeActivityData`: region, time h, activity
-        MBq) and/or laboratory values (`labs`: covariate -> value in canonical units, e.g.
-        ``{"egfr_L_per_h": 4.8}``) into the posterior. `method`: ``"exact"`` or ``"fast"`` for
-        scans after the first fit (see `twinjax.inference.assimilate`). **Returns** the new
-        posterior (also `self.posterior`)."""
-        if scans is None and not labs:
-            raise InputError("assimilate: nothing to assimilate; give scans and/or labs")
+        MBq), laboratory values (`labs`: covariate -> value in canonical units, e.g.
+        ``{"egfr_L_per_h": 4.8}``) and/or observed tumour response (`outcomes`: one or more
+        [`twinjax.outcomes.ResponseObservation`][], e.g. PSA relative to baseline) into the
+        posterior. `method`: ``"exact"`` or ``"fast"`` for scans after the first fit (see
+        `twinjax.inference.assimilate`). Outcomes update the lesion's radiosensitivity and
+        growth draw by draw (`twinjax.outcomes.assimilate_outcomes`; `outcome_options`: its
+        keywords `prior`, `max_draws`, `per_draw`, `seed`, `strict`); they are re-applied after
+        every later scan update. **Returns** the twin's current belief (`self.belief`): the
+        scan posterior (`self.posterior`), updated by the outcomes when there are any."""
+        if scans is None and not labs and outcomes is None:
+            raise InputError("assimilate: nothing to assimilate; give scans, labs and/or outcomes")
         if method not in ("exact", "fast"):
             raise InputError(f"method = {method!r}; allowed: 'exact', 'fast'")
+        new_responses = self._check_outcomes(outcomes) if outcomes is not None else []
+        options = self._check_outcome_options(outcome_options)
+        if scans is None and not labs:
+            self._need_posterior("assimilate outcomes")
+            self.outcome_options = options
+            self.responses += new_responses
+            self._update_outcomes(len(new_responses))
+            return self.belief
         new = None
         if scans is not None:
             new = scans if isinstance(scans, Observed) else Observed.from_data(scans)
@@ -279,7 +302,65 @@ class DigitalTwin:
             approximation=post.approximation,
             wall_time_s=post.provenance.get("wall_time_s"),
         )  # fmt: skip
-        return post
+        self.outcome_options = options
+        self.responses += new_responses
+        if self.responses:
+            self._update_outcomes(len(new_responses))
+        return self.belief
+
+    @property
+    def belief(self) -> Posterior | None:
+        """The posterior forecasts and decisions use: the scan posterior updated by the
+        observed outcomes (`outcome_update`), or the scan posterior itself."""
+        if self.outcome_update is not None:
+            return self.outcome_update.posterior
+        return self.posterior
+
+    def _check_outcomes(self, outcomes) -> list[ResponseObservation]:
+        items = [outcomes] if isinstance(outcomes, ResponseObservation) else list(outcomes)
+        last: dict[str, float] = {}
+        for o in self.responses:
+            last[o.region] = max(last.get(o.region, -np.inf), float(o.time_h[-1]))
+        for o in items:
+            if not isinstance(o, ResponseObservation):
+                raise InputError(
+                    f"outcomes = {o!r}; allowed: twinjax.outcomes.ResponseObservation(s)"
+                )
+            if o.region not in self.regions:
+                raise InputError(
+                    f"ResponseObservation.region = {o.region!r}; allowed: a region of the twin, "
+                    f"{sorted(self.regions)}"
+                )
+            if o.time_h[0] <= last.get(o.region, -np.inf):
+                raise InputError(
+                    f"ResponseObservation({o.region!r}).time_h starts at {o.time_h[0]:g} h, not "
+                    f"after the last outcome of that region ({last[o.region]:g} h); allowed: "
+                    "later times (outcomes move forward in time)"
+                )
+            last[o.region] = float(o.time_h[-1])
+        return items
+
+    def _check_outcome_options(self, options) -> dict:
+        merged = {**self.outcome_options, **dict(options or {})}
+        unknown = sorted(set(merged) - {"prior", "max_draws", "per_draw", "seed", "strict"})
+        if unknown:
+            raise InputError(
+                f"outcome_options {unknown} unknown; allowed: prior, max_draws, per_draw, seed, "
+                "strict"
+            )
+        return merged
+
+    def _update_outcomes(self, n_new: int) -> None:
+        """Re-apply every outcome observation to the current scan posterior (logged)."""
+        opts = {k: v for k, v in self.outcome_options.items()}
+        update = assimilate_outcomes(
+            self.posterior, self.template, self.regions, self.patient.schedule, self.responses,
+            **opts,
+        )  # fmt: skip
+        self.outcome_update = update
+        self._log("assimilate_outcomes", new=n_new, regions=sorted({o.region for o in self.responses}),
+                  n_observations=int(sum(o.time_h.size for o in self.responses)),
+                  **update.to_dict())  # fmt: skip
 
     def _check_scans(self, new: Observed) -> None:
         t = np.asarray(new.time_h, dtype=float)
@@ -333,9 +414,10 @@ class DigitalTwin:
                 )
 
     def forecast(self, scenarios: Sequence[Scenario], **options) -> Forecast:
-        """Outcome distributions of each scenario under the current posterior
-        ([`twinjax.forecast.forecast`][]; `options` as there)."""
-        post = self._need_posterior("forecast")
+        """Outcome distributions of each scenario under the current belief (`belief`;
+        [`twinjax.forecast.forecast`][]; `options` as there)."""
+        self._need_posterior("forecast")
+        post = self.belief
         if not self.regions:
             raise InputError("forecast: the twin has no regions; pass regions= when creating it")
         self._check_scenarios(scenarios)
@@ -369,7 +451,8 @@ class DigitalTwin:
     ):  # fmt: skip
         """The next cycle's activity (and optionally interval) maximising `objective` under the
         chance `constraints` ([`twinjax.decision.optimise_activity`][]); logged."""
-        post = self._need_posterior("optimise")
+        self._need_posterior("optimise")
+        post = self.belief
         if not (np.isfinite(next_time_h) and next_time_h > self.administrations[-1].time_h):
             raise InputError(
                 f"next_time_h = {next_time_h!r}; allowed: after the last administration "
@@ -384,8 +467,9 @@ class DigitalTwin:
         return plan
 
     def record_outcome(self, name: str, value: float, *, time_h: float, unit: str = "") -> None:
-        """Keep an observed outcome (e.g. ``"psa_ng_per_mL"``, a toxicity grade) at `time_h`
-        (h, study clock) in the twin's history (not part of the PBPK likelihood)."""
+        """Keep an observed outcome (e.g. a toxicity grade) at `time_h` (h, study clock) in
+        the twin's history. Tumour response (marker, volume) that should update the twin goes
+        to ``assimilate(outcomes=ResponseObservation(...))`` instead."""
         if not (isinstance(name, str) and name):
             raise InputError(f"outcome name = {name!r}; allowed: a non-empty string")
         if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
@@ -422,6 +506,8 @@ class DigitalTwin:
             "posterior": post_state,
             "history": self.history,
             "outcomes": self.outcomes,
+            "responses": [_response_state(o) for o in self.responses],
+            "outcome_options": _outcome_options_state(self.outcome_options),
         }
         return write_twin_file(path, state, nc, arrays)
 
@@ -468,7 +554,46 @@ class DigitalTwin:
         twin.posterior = None
         if state["posterior"] is not None:
             twin.posterior = _posterior_from(state["posterior"], nc, arrays, tpl, twin.noise)
+        twin.responses = [ResponseObservation(**d) for d in state.get("responses", [])]
+        twin.outcome_options = _outcome_options_from(state.get("outcome_options", {}))
+        twin.outcome_update = None
+        if twin.responses and twin.posterior is not None:
+            # Deterministic (seeded) reweighting: the loaded twin's belief equals the saved one.
+            twin.outcome_update = assimilate_outcomes(
+                twin.posterior, tpl, twin.regions, twin.patient.schedule, twin.responses,
+                **twin.outcome_options,
+            )  # fmt: skip
         return twin
+
+
+def _response_state(o: ResponseObservation) -> dict:
+    def lst(a):
+        return None if a is None else [float(x) for x in a]
+
+    return {"region": o.region, "time_h": lst(o.time_h), "marker": lst(o.marker),
+            "volume_mL": lst(o.volume_mL), "marker_cv": o.marker_cv, "volume_cv": o.volume_cv}  # fmt: skip
+
+
+def _outcome_options_state(options: Mapping) -> dict:
+    out = {k: v for k, v in options.items() if k != "prior"}
+    prior = options.get("prior")
+    if isinstance(prior, ResponsePrior):
+        out["prior"] = {"all": dataclasses.asdict(prior)}
+    elif isinstance(prior, Mapping):
+        out["prior"] = {"regions": {r: dataclasses.asdict(p) for r, p in prior.items()}}
+    return out
+
+
+def _outcome_options_from(state: Mapping) -> dict:
+    out = {k: v for k, v in state.items() if k != "prior"}
+    prior = state.get("prior")
+    if prior is not None:
+        out["prior"] = (
+            ResponsePrior(**prior["all"])
+            if "all" in prior
+            else {r: ResponsePrior(**p) for r, p in prior["regions"].items()}
+        )
+    return out
 
 
 def _concat(old: Observed, new: Observed | None) -> Observed:

@@ -260,6 +260,7 @@ def response_from_model(
     marker_half_life_h=60.0,
     region: str | Sequence[str] = "tumour",
     rbe=1.0,
+    alpha_per_Gy=None,
     rtol: float = 1e-8,
     atol: float = 1e-12,
     solver=None,
@@ -284,6 +285,8 @@ def response_from_model(
       ``roi("tumour")``).
     - `rbe`: applied to the dose rate (e.g. 5 for alpha emitters); for a Tandem a number or
       nuclide -> RBE.
+    - `alpha_per_Gy`: the lesion's radiosensitivity (1/Gy) in place of the tissue's (e.g. a
+      posterior draw of it, `twinjax.outcomes`); traced values are allowed.
     - `rtol`, `atol`, `solver`, `adjoint`, `max_steps`: of the ODE solve (as `simulate`).
 
     **Returns:** a [`TumourResponse`][]; differentiable in the parameters and activities.
@@ -292,11 +295,12 @@ def response_from_model(
     labels = as_labels(schedule)
     for lab in labels:
         params = _check_inputs(model, params, lab)
-    if not isinstance(tissue, Tissue) or tissue.alpha_per_Gy is None:
+    if not isinstance(tissue, Tissue) or (tissue.alpha_per_Gy is None and alpha_per_Gy is None):
         raise InputError(
             f"tissue = {tissue!r}; allowed: a Tissue with alpha_per_Gy (e.g. "
-            "twinjax.radiobiology.tissue('prostate_cancer'))"
+            "twinjax.radiobiology.tissue('prostate_cancer')), or give alpha_per_Gy"
         )
+    alpha = tissue.alpha_per_Gy if alpha_per_Gy is None else alpha_per_Gy
     t_out = jnp.asarray(times_h, dtype=float)
     _check_concrete("times_h", t_out, "finite and sorted (h), at least one time",
                     lambda x: x.size > 0 and np.all(np.isfinite(x)) and np.all(np.diff(x) >= 0))  # fmt: skip
@@ -307,7 +311,7 @@ def response_from_model(
                         lambda v: np.all(np.isfinite(v) & (v > 0)))  # fmt: skip
         _check_concrete("rbe", rb, "> 0", lambda v: np.all(v > 0))
     kinetics = _kinetics(
-        volume_mL, tissue.alpha_per_Gy, tissue.alpha_beta_Gy, tissue.repair_half_time_h,
+        volume_mL, alpha, tissue.alpha_beta_Gy, tissue.repair_half_time_h,
         doubling_time_h, growth, carrying_capacity_mL, clearance_half_time_h, marker_half_life_h,
     )  # fmt: skip
     members = (region,) if isinstance(region, str) else tuple(region)
