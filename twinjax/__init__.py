@@ -22,6 +22,7 @@ from . import models as models
 from . import radiobiology as radiobiology
 from . import units as units
 from ._errors import InputError as InputError
+from ._errors import OutputError as OutputError
 from ._errors import SolverError as SolverError
 from .imaging import load_patient as load_patient
 from .imaging import read_tacs as read_tacs

@@ -6,13 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from ._errors import InputError
+from ._files import verify_dataset, write_netcdf
 from .forecast import _band
 
 _OPS = {"<=": np.less_equal, "<": np.less, ">=": np.greater_equal, ">": np.greater}
@@ -146,17 +144,8 @@ class TrialResult:
                  ("nuclides", self.nuclides), ("limits", self.limits))}  # fmt: skip
         ds = xr.Dataset(data, coords={"region": regions, "scenario": list(self.scenarios)},
                         attrs=attrs)  # fmt: skip
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            ds.to_netcdf(tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Atomic, with the SHA-256 of the data in the file (verified by `from_netcdf`).
+        write_netcdf(path, ds)
 
     @classmethod
     def from_netcdf(cls, path) -> TrialResult:
@@ -165,6 +154,7 @@ class TrialResult:
 
         with xr.open_dataset(path) as ds:
             ds.load()
+            verify_dataset(ds, path, required=False)  # older files carry no checksum
             regions = [str(r) for r in ds["region"].values]
             values: dict = {r: {} for r in regions}
             for q in ds.data_vars:

@@ -97,7 +97,7 @@ class ParameterSpec(_Strict):
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
-            raise ValueError(f"value {v!r} is not finite")
+            raise ValueError(f"value = {v!r} is not finite; allowed: a finite number (in `unit`)")
         return v
 
     @field_validator("cv")

@@ -1,7 +1,9 @@
 """`twinjax calibrate`: a patient manifest + time-activity CSV -> posterior, summary and fit plot.
 
-Outputs (each written atomically):
-- ``posterior.nc`` — ArviZ InferenceData (posterior, sample_stats, observed_data) with provenance;
+Outputs (each written atomically: temporary file + rename, so an interrupted or failed write
+leaves the previous file intact):
+- ``posterior.nc`` — ArviZ InferenceData (posterior, sample_stats, observed_data) with provenance
+  and the SHA-256 of each group (``twinjax_sha256``, checked when read back);
 - ``summary.json`` — per parameter and region TIA: mean, sd, 5/50/95 % quantiles (R-hat and ESS
   for NUTS), the convergence verdict and its messages, provenance;
 - ``fit.png`` — per region: the data, the posterior median curve and its 90 % band.
@@ -18,6 +20,7 @@ import numpy as np
 
 from ._errors import InputError
 from ._files import atomic_write as _atomic_write
+from ._files import write_netcdf
 from .imaging.io import check_against_patient, load_patient, read_tacs
 from .imaging.observe import LognormalError
 from .inference.fit import Posterior, fit
@@ -90,7 +93,9 @@ def write_calibration(post: Posterior, tpl: Template, patient, out_dir) -> list[
     rois = post.observed.rois
     curves = predict_activity(post, tpl, patient.schedule, times, rois)
     png = _plot(post, curves, times, f"{patient.patient_id}: {tpl.name} ({post.method})")
-    post.save(out / "posterior.nc")
+    # Checksummed (SHA-256 of every group in its attributes), so that `twinjax forecast` and
+    # `load_posterior` refuse the file if it is later truncated or bit-flipped.
+    write_netcdf(out / "posterior.nc", post.to_inference_data())
     _atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     _atomic_write(out / "fit.png", png)
     return [out / "posterior.nc", out / "summary.json", out / "fit.png"]

@@ -57,6 +57,7 @@ from . import __version__
 from ._config import _Strict, read_yaml, validate
 from ._errors import InputError
 from ._files import atomic_write as _atomic_write
+from ._files import read_netcdf
 from .forecast import Forecast, Region, Scenario, TumourGrowth, forecast
 from .inference.fit import load_posterior
 from .models.library import load_template
@@ -122,6 +123,10 @@ def run_forecast(
     **Returns:** the written paths. **Raises:** `InputError` before any computation for a bad
     posterior or scenario file."""
     spec = validate(ScenarioFile, read_yaml(scenarios_path), str(scenarios_path))
+    # A truncated or bit-flipped posterior must not become a forecast: verify the checksum
+    # that `twinjax calibrate` stores (files without one, from older versions, are read as is).
+    if Path(posterior_path).is_file():
+        read_netcdf(posterior_path, "posterior", required=False)
     post = load_posterior(posterior_path)
     tpl = load_template(template or post.template)
     if tpl.name != post.template:

@@ -14,7 +14,8 @@ A twin file (conventionally ``*.twin``) is a zip archive with
 
 Writing is atomic: the archive is written to a temporary file in the destination folder, flushed
 to disk and renamed over the destination, so an interrupted save leaves the previous file intact
-and never a half-written one. Loading verifies the archive, every member's checksum, the schema
+and never a half-written one (a full disk raises `twinjax._errors.OutputError` naming the file).
+The archive's entries carry a fixed date, so its bytes depend on the twin's state only. Loading verifies the archive, every member's checksum, the schema
 and the template: a truncated or bit-flipped file, a file of another schema, or a twin whose
 template has changed since it was saved is refused with an `InputError` that names what differs.
 """
@@ -79,12 +80,22 @@ def write_twin_file(
         "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in members.items()},
     }
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(_member("manifest.json"), json.dumps(manifest, indent=1, sort_keys=True))
         for name, data in members.items():
-            z.writestr(name, data)
+            z.writestr(_member(name), data)
     atomic_write(p, buf.getvalue())
     return p
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    """A zip member with a fixed date: the archive's bytes depend only on its content (a twin
+    saved twice in the same state gives the same file), not on the clock. The times that
+    matter are in the provenance log of ``twin.json``."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    return info
 
 
 def read_twin_file(path: str | Path) -> tuple[dict, bytes | None, dict[str, np.ndarray]]:
@@ -102,7 +113,8 @@ def read_twin_file(path: str | Path) -> tuple[dict, bytes | None, dict[str, np.n
             bad = z.testzip()
             if bad is not None:
                 raise InputError(
-                    f"{p.name}: member {bad!r} fails its CRC check; the file is corrupt"
+                    f"{str(p)!r}: member {bad!r} fails its CRC check; the file is corrupt "
+                    "(truncated or bit-flipped)"
                 )
             names = set(z.namelist())
             if "manifest.json" not in names:
@@ -113,7 +125,7 @@ def read_twin_file(path: str | Path) -> tuple[dict, bytes | None, dict[str, np.n
         if isinstance(err, InputError):
             raise
         raise InputError(
-            f"{p.name}: not a readable twinjax twin file (truncated or corrupt: {err})"
+            f"{str(p)!r}: not a readable twinjax twin file (truncated or corrupt: {err})"
         ) from None
     schema = manifest.get("schema")
     if schema != SCHEMA:
@@ -126,8 +138,9 @@ def read_twin_file(path: str | Path) -> tuple[dict, bytes | None, dict[str, np.n
         got = hashlib.sha256(data).hexdigest()
         if expected.get(name) != got:
             raise InputError(
-                f"{p.name}: member {name!r} has SHA-256 {got[:12]}..., the manifest says "
-                f"{str(expected.get(name))[:12]}...; the file was modified or is corrupt"
+                f"{str(p)!r}: member {name!r} has SHA-256 {got}, the manifest records "
+                f"{expected.get(name)}; the file was modified or is corrupt (truncated, "
+                "bit-flipped or edited); allowed: a twin file as twinjax saved it"
             )
     missing = [n for n in expected if n not in members]
     if missing or "twin.json" not in members:

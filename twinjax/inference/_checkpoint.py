@@ -218,11 +218,14 @@ def read_checkpoint(path: Path) -> Checkpoint:
             )
         raise InputError(bad.format("no checkpoint format line"))
     digest, payload = raw[len(MAGIC) : len(MAGIC) + 64], raw[len(MAGIC) + 65 :]
-    if (
-        raw[len(MAGIC) + 64 : len(MAGIC) + 65] != b"\n"
-        or digest != hashlib.sha256(payload).hexdigest().encode()
-    ):
-        raise InputError(bad.format("SHA-256 mismatch"))
+    got = hashlib.sha256(payload).hexdigest()
+    if raw[len(MAGIC) + 64 : len(MAGIC) + 65] != b"\n" or digest != got.encode():
+        recorded = digest.decode(errors="replace")
+        raise InputError(
+            bad.format(
+                f"SHA-256 mismatch: the content has SHA-256 {got}, the file records {recorded}"
+            )
+        )
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -155,14 +153,7 @@ def inference_data(post):
 
 
 def save_netcdf(post, path) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        inference_data(post).to_netcdf(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic netCDF with the SHA-256 of every group ([`twinjax._files.write_netcdf`][])."""
+    from .._files import write_netcdf
+
+    write_netcdf(path, inference_data(post))

@@ -49,6 +49,7 @@ from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, autoguide
 from numpyro.infer.util import log_density
 
 from .._errors import InputError
+from .._files import verify_dataset
 from ..imaging.observe import LognormalError
 from ..models.library import Template
 from ..schedule import Schedule
@@ -105,6 +106,8 @@ def load_posterior(path) -> SavedPosterior:
         post = xr.open_dataset(p, group="posterior").load()
     except Exception as err:
         raise InputError(f"{p.name}: not a twinjax posterior netCDF file ({err})") from None
+    # Files written before checksums were stored are read unverified.
+    verify_dataset(post, p, "posterior", required=False)
     attrs = {k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v)
              for k, v in post.attrs.items()}  # fmt: skip
     missing = [k for k in ("template", "prior_base", "inferred") if k not in attrs]
@@ -223,23 +226,12 @@ class Posterior:
         return idata
 
     def save(self, path) -> None:
-        """Write the posterior as netCDF (ArviZ groups), atomically (temp file + rename).
-        [`load_posterior`][] reads it back for forecasts."""
-        import os
-        import tempfile
-        from pathlib import Path
+        """Write the posterior as netCDF (ArviZ groups), atomically (temp file + rename), with
+        the SHA-256 of every group stored in it ([`twinjax._files.write_netcdf`][]);
+        [`load_posterior`][] reads it back for forecasts and verifies the checksums."""
+        from .._files import write_netcdf
 
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            self.to_inference_data().to_netcdf(tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_netcdf(path, self.to_inference_data())
 
 
 def fit(

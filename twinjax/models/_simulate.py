@@ -212,12 +212,8 @@ def simulate(
                 tail_half_lives,
                 throw,
             )
-        except eqx.EquinoxRuntimeError as err:  # raised when called outside jit
-            raise SolverError(
-                f"the ODE solve of model {model.name!r} failed: {str(err).splitlines()[0]} "
-                f"(max_steps={max_steps}, rtol={rtol}, atol={atol}); raise max_steps or check "
-                "that the parameters are physical"
-            ) from None
+        except _SOLVER_FAILURES as err:  # raised when called outside jit
+            raise _solver_error(model, "", err, max_steps, rtol, atol) from None
     hot, cold, cum, total_cum, success = out
     return Trajectory(
         times_h=times,
@@ -280,11 +276,9 @@ def simulate_tandem(
                 model, params, tandem, times, lam, rtol, atol, solver, _adjoint(adjoint),
                 max_steps, tail_half_lives, throw,
             )  # fmt: skip
-        except eqx.EquinoxRuntimeError as err:  # raised when called outside jit
-            raise SolverError(
-                f"the ODE solve of model {model.name!r} (tandem {tandem.nuclide}) failed: "
-                f"{str(err).splitlines()[0]} (max_steps={max_steps}, rtol={rtol}, atol={atol}); "
-                "raise max_steps or check that the parameters are physical"
+        except _SOLVER_FAILURES as err:  # raised when called outside jit
+            raise _solver_error(
+                model, f"tandem {tandem.nuclide}", err, max_steps, rtol, atol
             ) from None
         n_hot = n_lab * n
         total = jnp.sum(out[:, :n_hot].reshape(-1, n_lab, n), axis=1) + out[:, n_hot : n_hot + n]
@@ -314,6 +308,30 @@ def simulate_tandem(
             decay_constant_per_h=s.decay_constant_per_h,
         )
     return result
+
+
+#: How a failed solve surfaces outside `jit`: Equinox's runtime error, which recent JAX
+#: releases wrap in `JaxRuntimeError`.
+_SOLVER_FAILURES = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
+
+
+def _solver_error(model, what: str, err, max_steps, rtol, atol) -> SolverError:
+    """The `SolverError` of a failed solve (`max_steps` exhausted, step size collapsed); any
+    other runtime error is re-raised as it is."""
+    text = str(err)
+    if isinstance(err, eqx.EquinoxRuntimeError):
+        reason = text.splitlines()[0] if text else type(err).__name__
+    elif "EquinoxRuntimeError" in text:
+        reason = next(
+            ln.split(":", 1)[-1].strip() for ln in text.splitlines() if "EquinoxRuntimeError" in ln
+        )
+    else:
+        raise err
+    where = f" with {what}" if what else ""
+    return SolverError(
+        f"the ODE solve of model {model.name!r}{where} failed: {reason} (max_steps={max_steps}, "
+        f"rtol={rtol}, atol={atol}); raise max_steps or check that the parameters are physical"
+    )
 
 
 def _check_inputs(model, params, schedule) -> dict:

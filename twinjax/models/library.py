@@ -195,6 +195,14 @@ def _load(path: Path) -> Template:
     spec = validate(TemplateSpec, read_yaml(path), path.name)
     tpl = Template(spec=spec, path=path)
     if spec.model is not None:
+        # Checked on the file's own numbers, before any conversion or array is built, so the
+        # message can name the field as it is written (PET models may have a k4 of 0).
+        for k, p in spec.parameters.items():
+            if not p.value > 0:
+                raise InputError(
+                    f"{path.name}: parameters.{k}.value = {p.value!r} {p.unit}; allowed: a "
+                    "finite value > 0 (model parameters are positive physical quantities)"
+                )
         model = tpl.model
         missing = [n for n in model.parameter_names if n not in tpl.params]
         if missing:

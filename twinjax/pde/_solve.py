@@ -186,5 +186,7 @@ def _checked(value, failed, msg: str):
     Equinox's runtime error carries the same message)."""
     try:
         return eqx.error_if(value, failed, msg)
-    except eqx.EquinoxRuntimeError:
+    except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError) as err:
+        if not isinstance(err, eqx.EquinoxRuntimeError) and "EquinoxRuntimeError" not in str(err):
+            raise
         raise SolverError(msg) from None

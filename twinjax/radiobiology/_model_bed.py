@@ -21,13 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._errors import InputError, SolverError
-from ..models._simulate import _adjoint, _check_inputs, _ode_pieces
+from .._errors import InputError
+from ..models._simulate import (
+    _SOLVER_FAILURES,
+    _adjoint,
+    _check_inputs,
+    _ode_pieces,
+    _solver_error,
+)
 from ..models.compartmental import CompartmentalModel
 from ..schedule import Schedule
 from ..tandem import Tandem, as_labels
@@ -143,7 +148,7 @@ def bed_from_model(
             model, params, schedule, times, lam, rtol, atol, solver, _adjoint(adjoint),
             max_steps, tail_half_lives, True, extra=(3 * k, f_extra),
         )  # fmt: skip
-    except eqx.EquinoxRuntimeError as err:  # raised when called outside jit
+    except _SOLVER_FAILURES as err:  # raised when called outside jit
         raise _solver_error(model, "repair integrals", err, max_steps, rtol, atol) from None
     n_hot = n_lab * n
     hot = y[:n_hot]
@@ -237,13 +242,6 @@ def _membership(model, regions, groups) -> Array:
     return jnp.asarray(c)
 
 
-def _solver_error(model, what, err, max_steps, rtol, atol) -> SolverError:
-    return SolverError(
-        f"the ODE solve of model {model.name!r} with {what} failed: "
-        f"{str(err).splitlines()[0]} (max_steps={max_steps}, rtol={rtol}, atol={atol})"
-    )
-
-
 def response_from_model(
     model: CompartmentalModel,
     params: Mapping[str, Array | float],
@@ -334,7 +332,7 @@ def response_from_model(
             model, params, schedule, t_out, lam, rtol, atol, solver, _adjoint(adjoint),
             max_steps, 0.0, True, extra=(4, f_extra),
         )  # fmt: skip
-    except eqx.EquinoxRuntimeError as err:  # raised when called outside jit
+    except _SOLVER_FAILURES as err:  # raised when called outside jit
         raise _solver_error(model, "the tumour response", err, max_steps, rtol, atol) from None
     offset = 2 * n + model.n_compartments
     return _trajectory(t_out, states[:, offset:], volume_mL)
