@@ -42,16 +42,16 @@ def _fail(err: Exception) -> None:
 
 
 def _check_writable(out: Path) -> None:
-    """Fail before any computation if `out` cannot be created or written."""
+    """Fail before any computation, and before the JAX-heavy modules are imported, if `out`
+    cannot be created or written: a run must not compute for minutes and then lose its
+    results."""
     from ._errors import InputError
+    from ._files import check_writable_folder
 
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".twinjax-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        _fail(InputError(f"output folder {str(out)!r} is not writable ({err.strerror})"))
+        check_writable_folder(out, "--out")
+    except InputError as err:
+        _fail(err)
 
 
 @app.command()
@@ -64,13 +64,13 @@ def run(
 ) -> None:
     """The main job: run the digital-twin loop of a study and write summary.json, posteriors,
     the twin file, figures and report.md."""
+    _check_writable(out)
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ._errors import InputError, SolverError
+    from ._errors import InputError, OutputError, SolverError
     from .loop import load_twin_study, run_loop
     from .report import write_loop_outputs
 
-    _check_writable(out)
     try:
         spec = load_twin_study(study).spec  # validate everything before any computation
         steps = 4 * spec.treatment.decisions + 1
@@ -92,7 +92,7 @@ def run(
             bar.update(task, description="writing outputs", advance=1)
             written = write_loop_outputs(result, out)
             bar.update(task, description="done", completed=steps)
-    except (InputError, SolverError) as err:
+    except (InputError, OutputError, SolverError) as err:
         _fail(err)
     table = Table(title="recommendations (synthetic patient)")
     for col in ("after cycle", "convergence", "recommended next activity", "basis"):
@@ -121,10 +121,10 @@ def simulate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("twinjax-out"),
 ) -> None:
     """Simulate a study and write time-activity curves (tacs.csv, tacs.png), TIAs and a summary."""
-    from ._errors import InputError, SolverError
+    _check_writable(out)
+    from ._errors import InputError, OutputError, SolverError
     from .study import load_study, run_simulation, write_simulation
 
-    _check_writable(out)
     try:
         spec, tpl, schedule, _ = load_study(study)  # validate everything before solving
         console.print(
@@ -134,7 +134,7 @@ def simulate(
         with console.status("compiling and solving the model ..."):
             result = run_simulation(study)
         written = write_simulation(result, out)
-    except (InputError, SolverError) as err:
+    except (InputError, OutputError, SolverError) as err:
         _fail(err)
     table = Table(title="time-integrated activity (to infinity)")
     table.add_column("region")
@@ -173,10 +173,10 @@ def calibrate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("twinjax-out"),
 ) -> None:
     """Calibrate a twin to one patient's scans: posterior.nc, summary.json and fit.png."""
-    from ._errors import InputError, SolverError
+    _check_writable(out)
+    from ._errors import InputError, OutputError, SolverError
     from .calibrate import calibrate_patient, write_calibration
 
-    _check_writable(out)
     try:
         with console.status(f"calibrating ({method}) ..."):
             post, tpl, pat, _, dropped = calibrate_patient(
@@ -195,7 +195,7 @@ def calibrate(
         if dropped:
             console.print(f"regions not in template {tpl.name!r}, not used: {', '.join(dropped)}")
         written = write_calibration(post, tpl, pat, out)
-    except (InputError, SolverError) as err:
+    except (InputError, OutputError, SolverError) as err:
         _fail(err)
     if post.diagnostics is not None:
         colour = "green" if post.diagnostics.verdict == "ok" else "yellow"
@@ -223,14 +223,14 @@ def forecast(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("twinjax-out"),
 ) -> None:
     """Forecast dose, BED, NTCP and TCP of treatment scenarios: forecast.json, forecast.png."""
-    from ._errors import InputError, SolverError
+    _check_writable(out)
+    from ._errors import InputError, OutputError, SolverError
     from .forecast_cli import run_forecast
 
-    _check_writable(out)
     try:
         with console.status("forecasting ..."):
             written = run_forecast(posterior, scenarios, out, template=template, max_draws=draws)
-    except (InputError, SolverError) as err:
+    except (InputError, OutputError, SolverError) as err:
         _fail(err)
     doc = json.loads(written[0].read_text())
     table = Table(title="forecast: median [90 % interval]")
@@ -301,6 +301,24 @@ def nuclide(
             f"non-penetrating, {chain.energy_per_parent_decay_MeV('alpha'):.3f} MeV alpha "
             "per parent decay"
         )
+
+
+@app.command()
+def images(
+    study: Annotated[Path, typer.Argument(help="Imaging study YAML (images, masks, nuclide).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write.")] = Path("tacs.csv"),
+) -> None:
+    """SPECT/PET images + region masks -> time-activity CSV (h after administration, MBq)."""
+    from ._errors import InputError, OutputError
+    from .imaging_cli import run_images
+
+    try:
+        with Console().status("reading images ..."):
+            tacs = run_images(study, out)
+    except (InputError, OutputError) as err:
+        _fail(err)
+    rois = ", ".join(dict.fromkeys(tacs.data.roi))
+    Console().print(f"{len(tacs.data.roi)} rows ({rois}) of {tacs.data.patient_id} -> {out}")
 
 
 def main() -> None:  # pragma: no cover
