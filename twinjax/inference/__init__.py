@@ -20,3 +20,12 @@ from .single_timepoint import STPComparison as STPComparison
 from .single_timepoint import compare_single_timepoint as compare_single_timepoint
 from .tissue import TissuePosterior as TissuePosterior
 from .tissue import fit_tissue as fit_tissue
+
+# isort: split
+# uncertainty studies and scan design (appended: preposterior analysis, Sobol, elasticities)
+from .design import ScanDesign as ScanDesign
+from .design import SobolIndices as SobolIndices
+from .design import dose_elasticities as dose_elasticities
+from .design import expected_posterior_variance as expected_posterior_variance
+from .design import next_scan_time as next_scan_time
+from .design import sobol_indices as sobol_indices
