@@ -194,7 +194,11 @@ def write_netcdf(path: str | Path, data) -> Path:
     if hasattr(data, "groups") and callable(data.groups):  # ArviZ InferenceData
         import arviz as az
 
-        stamped = az.InferenceData(**{g: _stamped(data[g]) for g in data.groups()})
+        # The root attributes (the posterior's provenance) travel with the groups.
+        stamped = az.InferenceData(
+            attrs=dict(getattr(data, "attrs", None) or {}),
+            **{g: _stamped(data[g]) for g in data.groups()},
+        )
         with atomic_path(p) as tmp:
             stamped.to_netcdf(str(tmp), compress=False)
     else:

@@ -255,9 +255,7 @@ class DigitalTwin:
         options = self._check_outcome_options(outcome_options)
         if scans is None and not labs:
             self._need_posterior("assimilate outcomes")
-            self.outcome_options = options
-            self.responses += new_responses
-            self._update_outcomes(len(new_responses))
+            self._update_outcomes(self.responses + new_responses, options, len(new_responses))
             return self.belief
         new = None
         if scans is not None:
@@ -302,10 +300,9 @@ class DigitalTwin:
             approximation=post.approximation,
             wall_time_s=post.provenance.get("wall_time_s"),
         )  # fmt: skip
-        self.outcome_options = options
-        self.responses += new_responses
-        if self.responses:
-            self._update_outcomes(len(new_responses))
+        self.outcome_update = None  # it belonged to the previous scan posterior
+        if self.responses or new_responses:
+            self._update_outcomes(self.responses + new_responses, options, len(new_responses))
         return self.belief
 
     @property
@@ -350,16 +347,16 @@ class DigitalTwin:
             )
         return merged
 
-    def _update_outcomes(self, n_new: int) -> None:
-        """Re-apply every outcome observation to the current scan posterior (logged)."""
-        opts = {k: v for k, v in self.outcome_options.items()}
+    def _update_outcomes(self, responses: list, options: dict, n_new: int) -> None:
+        """Apply every outcome observation to the current scan posterior; the twin's outcome
+        state changes only once the update has succeeded (logged)."""
         update = assimilate_outcomes(
-            self.posterior, self.template, self.regions, self.patient.schedule, self.responses,
-            **opts,
+            self.posterior, self.template, self.regions, self.patient.schedule, responses,
+            **options,
         )  # fmt: skip
-        self.outcome_update = update
-        self._log("assimilate_outcomes", new=n_new, regions=sorted({o.region for o in self.responses}),
-                  n_observations=int(sum(o.time_h.size for o in self.responses)),
+        self.responses, self.outcome_options, self.outcome_update = responses, options, update
+        self._log("assimilate_outcomes", new=n_new, regions=sorted({o.region for o in responses}),
+                  n_observations=int(sum(o.time_h.size for o in responses)),
                   **update.to_dict())  # fmt: skip
 
     def _check_scans(self, new: Observed) -> None:
