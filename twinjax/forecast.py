@@ -42,7 +42,6 @@ Units: dose, BED, EQD2 Gy; TIA MBq h; time h; volume mL; probabilities in [0, 1]
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
@@ -52,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compiled import CompiledCache
 from ._errors import InputError
 from .dosimetry import (
     dose_map,
@@ -614,9 +614,7 @@ def _effects(res: dict, spec: Region, mass_kg: float, *, alpha=None) -> dict:
 
 
 #: Compiled forecast functions by structure: (template identity, regions, masses, tolerances).
-#: The entry holds the template, so its id cannot be reused while the entry lives.
-_COMPILED: collections.OrderedDict = collections.OrderedDict()
-_COMPILED_MAX = 16
+_COMPILED = CompiledCache(16)
 _NO_TIMES = np.zeros(1)
 
 
@@ -633,16 +631,12 @@ def _compiled_outcomes(tpl: Template, regions: Mapping[str, Region], masses, rto
         float(rtol),
         float(atol),
     )
-    hit = _COMPILED.get(key)
-    if hit is not None and hit[0] is tpl:
-        _COMPILED.move_to_end(key)
-        return hit[1]
-    one = _draw_outcomes(tpl, dict(regions), dict(masses), rtol, atol)
-    fn = jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None, None, None)))
-    _COMPILED[key] = (tpl, fn)
-    while len(_COMPILED) > _COMPILED_MAX:
-        _COMPILED.popitem(last=False)
-    return fn
+
+    def build():
+        one = _draw_outcomes(tpl, dict(regions), dict(masses), rtol, atol)
+        return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None, None, None)))
+
+    return _COMPILED.get(key, tpl, build)
 
 
 def _cross_s_values(nuc: str, placed: Mapping[str, np.ndarray]) -> dict:

@@ -29,7 +29,6 @@ baseline (dimensionless), volume mL, alpha 1/Gy.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import warnings
@@ -39,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compiled import CompiledCache
 from ._errors import InputError
 from .forecast import (
     RESPONSE_SEP,
@@ -166,19 +166,13 @@ def _sigma(cv: float) -> float:
 
 
 #: Compiled response predictors by (template identity, regions, masses, tolerances).
-_COMPILED: collections.OrderedDict = collections.OrderedDict()
-_COMPILED_MAX = 8
+_COMPILED = CompiledCache(8)
 
 
 def _compiled(tpl: Template, specs: tuple, rtol: float, atol: float):
     """``f(theta, base, schedule, s_w, alpha, td, times) -> {region: {"marker", "volume_mL"}}``
     vmapped over pairs (theta, alpha, td) and jitted; `specs` holds each observed region's
     (name, tissue, growth, volume)."""
-    key = (id(tpl), specs, rtol, atol)
-    hit = _COMPILED.get(key)
-    if hit is not None and hit[0] is tpl:
-        _COMPILED.move_to_end(key)
-        return hit[1]
 
     def one(th, base, schedule, s_w, alpha, td, times):
         params = tpl.derive({**base, **th})
@@ -194,11 +188,10 @@ def _compiled(tpl: Template, specs: tuple, rtol: float, atol: float):
             out[r] = {"marker": tr.marker, "volume_mL": tr.volume_mL}
         return out
 
-    fn = jax.jit(jax.vmap(one, in_axes=(0, None, None, None, 0, 0, None)))
-    _COMPILED[key] = (tpl, fn)
-    while len(_COMPILED) > _COMPILED_MAX:
-        _COMPILED.popitem(last=False)
-    return fn
+    def build():
+        return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, 0, 0, None)))
+
+    return _COMPILED.get((id(tpl), specs, rtol, atol), tpl, build)
 
 
 def _lognormal_loglik(y: np.ndarray, median: np.ndarray, cv: float) -> np.ndarray:

@@ -8,13 +8,13 @@ with credible bands like the observed ones.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compiled import CompiledCache
 from ..models._simulate import simulate
 from ..models.library import Template
 from ..schedule import Schedule
@@ -53,17 +53,11 @@ def predict_activity(
 #: typical parameters, schedule and times are traced, so later calls (another posterior of the
 #: same template, the next cycle's figure) reuse the compilation while the schedule's
 #: structure and the array shapes stay the same. The entry holds the template, so its id
-#: cannot be reused while the entry lives.
-_COMPILED: collections.OrderedDict = collections.OrderedDict()
-_COMPILED_MAX = 8
+#: cannot be reused while the entry lives (`twinjax._compiled`).
+_COMPILED = CompiledCache(8)
 
 
 def _compiled(template: Template, rois: tuple[str, ...], rtol: float, atol: float):
-    key = (id(template), rois, rtol, atol)
-    hit = _COMPILED.get(key)
-    if hit is not None and hit[0] is template:
-        _COMPILED.move_to_end(key)
-        return hit[1]
     groups = {r: template.roi(r) for r in rois}
 
     def one(th, base, schedule, times):
@@ -71,11 +65,10 @@ def _compiled(template: Template, rois: tuple[str, ...], rtol: float, atol: floa
         tr = simulate(template.model, params, schedule, times, rtol=rtol, atol=atol, throw=False)
         return {r: sum(tr.activity(g) for g in gs) for r, gs in groups.items()}
 
-    fn = jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
-    _COMPILED[key] = (template, fn)
-    while len(_COMPILED) > _COMPILED_MAX:
-        _COMPILED.popitem(last=False)
-    return fn
+    def build():
+        return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+
+    return _COMPILED.get((id(template), rois, rtol, atol), template, build)
 
 
 def credible_band(curves: np.ndarray, level: float = 0.9) -> tuple[np.ndarray, ...]:
