@@ -214,21 +214,7 @@ def simulate(
             )
         except _SOLVER_FAILURES as err:  # raised when called outside jit
             raise _solver_error(model, "", err, max_steps, rtol, atol) from None
-    hot, cold, cum, total_cum, success = out
-    return Trajectory(
-        times_h=times,
-        hot_nmol=hot,
-        cold_nmol=cold,
-        cumulated_hot_nmol_h=cum,
-        total_cumulated_hot_nmol_h=total_cum,
-        administered_hot_nmol=_administered(schedule, times),
-        volumes_L=model.compartment_volumes(params),
-        success=success,
-        model=model,
-        nuclide=schedule.nuclide,
-        mbq_per_nmol=schedule.mbq_per_nmol,
-        decay_constant_per_h=lam,
-    )
+    return _trajectory(model, params, schedule, times, out)
 
 
 def simulate_tandem(
@@ -291,23 +277,29 @@ def simulate_tandem(
             tail = -jnp.linalg.solve(a_end - lam[l] * jnp.eye(n), y_hot)
             y_cum = y[n_hot + n + l * n : n_hot + n + (l + 1) * n]
             per_label.append((hot, total - hot, cum, y_cum + tail, ok))
-    result = {}
-    for s, (hot, cold, cum, total_cum, success) in zip(labels, per_label, strict=True):
-        result[s.nuclide] = Trajectory(
-            times_h=times,
-            hot_nmol=hot,
-            cold_nmol=cold,
-            cumulated_hot_nmol_h=cum,
-            total_cumulated_hot_nmol_h=total_cum,
-            administered_hot_nmol=_administered(s, times),
-            volumes_L=model.compartment_volumes(params),
-            success=success,
-            model=model,
-            nuclide=s.nuclide,
-            mbq_per_nmol=s.mbq_per_nmol,
-            decay_constant_per_h=s.decay_constant_per_h,
-        )
-    return result
+    return {
+        lab.nuclide: _trajectory(model, params, lab, times, parts)
+        for lab, parts in zip(labels, per_label, strict=True)
+    }
+
+
+def _trajectory(model, params, schedule: Schedule, times, parts) -> Trajectory:
+    """The `Trajectory` of one label from ``(hot, cold, cumulated, total cumulated, success)``."""
+    hot, cold, cum, total_cum, success = parts
+    return Trajectory(
+        times_h=times,
+        hot_nmol=hot,
+        cold_nmol=cold,
+        cumulated_hot_nmol_h=cum,
+        total_cumulated_hot_nmol_h=total_cum,
+        administered_hot_nmol=_administered(schedule, times),
+        volumes_L=model.compartment_volumes(params),
+        success=success,
+        model=model,
+        nuclide=schedule.nuclide,
+        mbq_per_nmol=schedule.mbq_per_nmol,
+        decay_constant_per_h=schedule.decay_constant_per_h,
+    )
 
 
 #: How a failed solve surfaces outside `jit`: Equinox's runtime error, which recent JAX
